@@ -1,0 +1,108 @@
+//! # kv-core: the contract every kv backend follows
+//!
+//! This crate holds the [`Store`] trait, the pairs and options it takes, the one [`Error`]
+//! type, the [`Capabilities`] description, and the shared rules (key validation, watch
+//! queues, lock handles, URL parsing, timeouts) that the drivers call instead of copying.
+//! It has no backend dependency. The semantics below are the same on every backend; the
+//! `compat-tests` conformance suite runs them against each real server.
+//!
+//! ## Keys
+//! `/`-separated paths, normalized by [`normalize_key`]: leading and trailing `/` are dropped
+//! (`"/a/b/"` is `"a/b"`); empty, `.` and `..` segments, control characters, segments with
+//! leading or trailing white space and keys over [`key::MAX_KEY_LEN`] bytes are rejected with
+//! [`Error::InvalidKey`], which names the key and the rule. Pairs come back with the
+//! normalized key. A parent path is not a key: after `put("a/b")`, `exists("a")` is `false`.
+//! Each store may have a namespace (a URL path such as `etcd://host/app`): keys are relative
+//! to it and nothing outside it is visible.
+//!
+//! ## Values and versions
+//! Values are bytes, at most [`Capabilities::max_value_size`]; a larger value is rejected
+//! with [`Error::ValueTooLarge`] (naming both sizes) before anything is sent.
+//! [`KvPair::version`] is never 0 and strictly increases on every write of the key, also across
+//! a delete and re-create, so a version is never reused for a key. Versions of different keys
+//! are not comparable. Compare-and-swap calls compare it.
+//!
+//! ## Reads and writes
+//! - `put` creates or replaces and returns the new pair. `PutOptions::ttl` expires the key
+//!   that long after the write (every write sets the TTL anew; a write without TTL makes the
+//!   key permanent). An expired key is absent for every call and a watch reports its deletion.
+//!   A TTL below [`Capabilities::min_ttl`] is [`Error::Unsupported`], never rounded silently.
+//! - `get` of a missing key is [`Error::NotFound`]; `exists` returns `false`.
+//! - `delete` of a missing key is [`Error::NotFound`]; deleting a key does not touch keys below it.
+//! - `list(prefix)` returns the whole subtree (every key starting with `prefix/`) in bytewise
+//!   key order, `prefix` itself excluded; an empty subtree is `Ok(vec![])`. The empty prefix is
+//!   the whole namespace.
+//! - `delete_tree(prefix)` deletes that same subtree (`prefix` itself is kept); an empty
+//!   subtree is `Ok(())`.
+//! - `atomic_put(key, value, None, _)` creates only if absent, else [`Error::KeyExists`];
+//!   `atomic_put(key, value, Some(prev), _)` writes only if the stored version is
+//!   `prev.version`, else [`Error::KeyModified`] (or [`Error::NotFound`] if the key is gone).
+//!   `atomic_delete(key, prev)` follows the same rules. A `prev` for another key is
+//!   [`Error::InvalidArgument`].
+//! - `txn` checks [`Compare`]s (version equals, absent, present) and applies [`TxnOp`]s (put,
+//!   delete, get) all-or-nothing. A failed compare is [`Error::CompareFailed`] naming the first
+//!   failing compare; nothing is applied. A transaction may write each key once and may not read
+//!   a key it writes; its size is limited by [`Capabilities::max_txn_ops`]. A delete of a
+//!   missing key inside a transaction is not an error.
+//!
+//! ## Watches
+//! - `watch(key)` returns a stream whose first item is the key's current state (`Some(pair)`
+//!   or `None` when absent, so a missing key can be watched), then one item per change;
+//!   a delete or expiry is an explicit `None` item. Consecutive items always differ.
+//! - `watch_tree(prefix)` yields snapshots of the subtree (as `list` returns it): first the
+//!   current one, then one after each change, including a value change of an existing child.
+//! - Where the backend coalesces rapid changes ([`Capabilities::watch_every_change`] is
+//!   `false`), intermediate states may be skipped, but the latest state always arrives.
+//! - Errors arrive as `Err` items, never as a silent end. After a lost connection the driver
+//!   resumes by itself (reporting the outage as an `Err` item if it lasts) and delivers the
+//!   current state if it changed meanwhile. A stream ends only after a final `Err` item
+//!   (e.g. [`Error::Closed`] when the store is closed).
+//! - Dropping the stream stops the watch and frees its resources; a slow reader never
+//!   blocks writers (its queue keeps the latest states).
+//!
+//! ## Locks
+//! - `new_lock(key, options)` waits until no one holds the lock, takes it, and stores
+//!   `options.value` at `key` (readable by anyone with `get`/`list`/`watch`). Dropping the
+//!   future abandons the attempt and removes what it created. Bound the wait with
+//!   `tokio::time::timeout` if needed.
+//! - While held, the lock renews itself (unless `keep_alive` is `false`, making it a lease
+//!   that ends `ttl` after acquisition). If the holder goes silent (crash, network loss) the
+//!   lock frees itself within about `ttl` (backend precision applies).
+//! - The lock is lost when its TTL passes without renewal, when its key is deleted or
+//!   overwritten by someone else, when the backend session behind it ends, or when the store
+//!   is closed. Its [`LostSignal`] then fires, and the driver gives up whatever it still holds.
+//! - [`Lock::unlock`] (or dropping the [`Lock`]) releases it: the key and its value are
+//!   removed and the next waiter proceeds. Unlocking a lost lock reports [`Error::LockLost`].
+//! - Locks are not re-entrant: a second `new_lock` on the same key waits, also from the same handle.
+//!
+//! ## Errors, timeouts, capabilities
+//! Every call returns [`Error`], a `#[non_exhaustive]` enum of matchable kinds. Every call
+//! that talks to a server is bounded by the store's timeout ([`retry::DEFAULT_TIMEOUT`] unless
+//! configured; URL option `timeout=`), giving [`Error::Timeout`] instead of a hang; lock waits
+//! are the one exception (see above). A backend that cannot do something returns
+//! [`Error::Unsupported`] — never `Ok`, never a silently dropped option. After
+//! [`Store::close`], calls return [`Error::Closed`].
+
+#![warn(missing_docs)]
+
+pub mod capabilities;
+pub mod error;
+pub mod key;
+pub mod lock;
+pub mod pair;
+pub mod retry;
+pub mod store;
+pub mod txn;
+pub mod url;
+pub mod watch;
+
+pub use async_trait::async_trait;
+pub use capabilities::Capabilities;
+pub use error::{BoxError, CompareFailure, Error, Result};
+pub use key::{normalize_key, normalize_prefix};
+pub use lock::{Lock, LockRelease, LostSignal};
+pub use pair::{KvPair, LockOptions, PutOptions};
+pub use store::Store;
+pub use txn::{Compare, Txn, TxnOp, TxnResult};
+pub use url::ConnectUrl;
+pub use watch::{TreeWatchStream, WatchStream};

@@ -1,0 +1,283 @@
+//! Connection URLs: `scheme://[user:password@]host1:port,host2:port/path?option=value`.
+//!
+//! Drivers read their options with the `take_*` methods and call [`ConnectUrl::finish`], which
+//! rejects any option nobody took: a misspelt option is an error, never silently ignored.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// A parsed connection URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectUrl {
+    /// The scheme, lower-cased (`"etcd"`, `"sled"`, ...).
+    pub scheme: String,
+    /// Percent-decoded user name, if given.
+    pub user: Option<String>,
+    /// Percent-decoded password, if given.
+    pub password: Option<String>,
+    /// Hosts (`host:port`) split on `,`; empty when the authority is empty.
+    pub hosts: Vec<String>,
+    /// Percent-decoded path, starting with `/` (or empty).
+    pub path: String,
+    query: Vec<(String, String)>,
+    taken: Vec<String>,
+}
+
+/// The scheme of `url` (text before `://`), lower-cased, if it has one.
+pub fn scheme_of(url: &str) -> Option<String> {
+    let (scheme, _) = url.split_once("://")?;
+    let ok = !scheme.is_empty()
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    ok.then(|| scheme.to_ascii_lowercase())
+}
+
+/// Decodes `%XX` escapes.
+pub fn percent_decode(s: &str) -> Result<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
+            match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                Some(b) => {
+                    out.push(b);
+                    i += 3;
+                    continue;
+                }
+                None => return Err(Error::config(format!("bad percent escape in {s:?}"))),
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| Error::config(format!("{s:?} does not decode to UTF-8")))
+}
+
+/// Parses `"250ms"`, `"10s"`, `"2m"`, `"1h"` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| {
+        Error::config(format!(
+            "{s:?} is not a duration (try \"500ms\" or \"10s\")"
+        ))
+    })?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(Error::config(format!(
+                "{s:?} has unknown unit {unit:?} (ms, s, m, h)"
+            )))
+        }
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(Error::config(format!("{s:?} is not a valid duration")));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+impl ConnectUrl {
+    /// Parses a URL. Errors are [`Error::Config`] and quote the URL (without its password).
+    pub fn parse(url: &str) -> Result<Self> {
+        let (scheme_raw, rest) = url.split_once("://").ok_or_else(|| {
+            Error::config(format!(
+                "{:?} is not a URL: expected scheme://...",
+                redact(url)
+            ))
+        })?;
+        let scheme = scheme_of(url)
+            .ok_or_else(|| Error::config(format!("{scheme_raw:?} is not a valid URL scheme")))?;
+        let (before_query, query_str) = match rest.split_once('?') {
+            Some((a, q)) => (a, Some(q)),
+            None => (rest, None),
+        };
+        let (authority, path) = match before_query.find('/') {
+            Some(i) => before_query.split_at(i),
+            None => (before_query, ""),
+        };
+        let (userinfo, hostlist) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority),
+        };
+        let (user, password) = match userinfo {
+            None => (None, None),
+            Some(u) => match u.split_once(':') {
+                Some((a, b)) => (Some(percent_decode(a)?), Some(percent_decode(b)?)),
+                None => (Some(percent_decode(u)?), None),
+            },
+        };
+        let hosts: Vec<String> = if hostlist.is_empty() {
+            Vec::new()
+        } else {
+            hostlist.split(',').map(|h| h.trim().to_string()).collect()
+        };
+        if hosts.iter().any(|h| h.is_empty()) {
+            return Err(Error::config(format!(
+                "{:?} has an empty host in its host list",
+                redact(url)
+            )));
+        }
+        let mut query = Vec::new();
+        for part in query_str.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = part.split_once('=').unwrap_or((part, ""));
+            query.push((percent_decode(k)?, percent_decode(v)?));
+        }
+        Ok(ConnectUrl {
+            scheme,
+            user,
+            password,
+            hosts,
+            path: percent_decode(path)?,
+            query,
+            taken: Vec::new(),
+        })
+    }
+
+    /// Takes a query option's value (the last one if repeated).
+    pub fn take(&mut self, name: &str) -> Option<String> {
+        self.taken.push(name.to_string());
+        self.query
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// Takes a duration option (see [`parse_duration`]).
+    pub fn take_duration(&mut self, name: &str) -> Result<Option<Duration>> {
+        match self.take(name) {
+            None => Ok(None),
+            Some(v) => parse_duration(&v)
+                .map(Some)
+                .map_err(|e| Error::config(format!("option {name}: {e}"))),
+        }
+    }
+
+    /// Takes a boolean option (`true`/`false`/`1`/`0`).
+    pub fn take_bool(&mut self, name: &str) -> Result<Option<bool>> {
+        match self.take(name).as_deref() {
+            None => Ok(None),
+            Some("true" | "1" | "yes") => Ok(Some(true)),
+            Some("false" | "0" | "no") => Ok(Some(false)),
+            Some(v) => Err(Error::config(format!(
+                "option {name}: {v:?} is not true or false"
+            ))),
+        }
+    }
+
+    /// Fails if the URL has options nobody took, listing the ones this driver knows.
+    pub fn finish(&self) -> Result<()> {
+        let unknown: Vec<&str> = self
+            .query
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .filter(|k| !self.taken.iter().any(|t| t == k))
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let mut known: Vec<&str> = self.taken.iter().map(String::as_str).collect();
+        known.sort_unstable();
+        known.dedup();
+        Err(Error::config(format!(
+            "unknown option(s) {} for a {} URL; known options: {}",
+            unknown.join(", "),
+            self.scheme,
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        )))
+    }
+}
+
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(a)) if a > s => {
+            let userinfo = &url[s + 3..a];
+            match userinfo.split_once(':') {
+                Some((u, _)) => format!("{}{u}:***{}", &url[..s + 3], &url[a..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_hosts_path_query() {
+        let mut u =
+            ConnectUrl::parse("etcd://me:p%40ss@h1:2379,h2:2379/app/x?timeout=5s&tls=1").unwrap();
+        assert_eq!(u.scheme, "etcd");
+        assert_eq!(u.user.as_deref(), Some("me"));
+        assert_eq!(u.password.as_deref(), Some("p@ss"));
+        assert_eq!(u.hosts, vec!["h1:2379", "h2:2379"]);
+        assert_eq!(u.path, "/app/x");
+        assert_eq!(
+            u.take_duration("timeout").unwrap(),
+            Some(Duration::from_secs(5))
+        );
+        assert!(u.finish().is_err());
+        assert_eq!(u.take_bool("tls").unwrap(), Some(true));
+        u.finish().unwrap();
+    }
+
+    #[test]
+    fn sled_forms() {
+        let u = ConnectUrl::parse("sled:///var/lib/x").unwrap();
+        assert!(u.hosts.is_empty());
+        assert_eq!(u.path, "/var/lib/x");
+        let u = ConnectUrl::parse("sled://./data").unwrap();
+        assert_eq!(u.hosts, vec!["."]);
+        assert_eq!(u.path, "/data");
+    }
+
+    #[test]
+    fn errors_are_config() {
+        for bad in ["nourl", "://x", "e tcd://x", "etcd://a,,b/", "etcd://h/%zz"] {
+            assert!(
+                matches!(ConnectUrl::parse(bad), Err(Error::Config { .. })),
+                "{bad}"
+            );
+        }
+        let mut u = ConnectUrl::parse("etcd://h/?timeout=soon").unwrap();
+        assert!(u.take_duration("timeout").is_err());
+        let e = ConnectUrl::parse("x://h/?bogus=1").unwrap();
+        let msg = e.finish().unwrap_err().to_string();
+        assert!(msg.contains("bogus"), "{msg}");
+        assert!(ConnectUrl::parse("x://me:secret@h").is_ok());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("etcd://u:secret@h/x"), "etcd://u:***@h/x");
+        assert_eq!(scheme_of("SLED:///x").as_deref(), Some("sled"));
+        assert_eq!(scheme_of("no-scheme"), None);
+    }
+}
