@@ -175,3 +175,6 @@ pub fn run(cmd: &mut Command) -> String {
     }
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+pub mod etcd;
+pub mod zookeeper;

@@ -1,0 +1,1 @@
+//! etcd server launcher for tests (filled in by the etcd driver work).

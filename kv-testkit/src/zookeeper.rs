@@ -1,0 +1,1 @@
+//! zookeeper server launcher for tests (filled in by the zookeeper driver work).
