@@ -178,3 +178,4 @@ pub fn run(cmd: &mut Command) -> String {
 
 pub mod etcd;
 pub mod zookeeper;
+pub mod consul;

@@ -1,1 +1,92 @@
+//! # kv: one async API over cluster key/value stores
+//!
+//! `kv` gives a program one [`Store`] over etcd, ZooKeeper, Consul and an embedded sled
+//! database, with the same semantics on each (written down in [`kv_core`]'s docs and checked
+//! by the conformance suite against real servers): configuration keys, TTL keys, watches
+//! that never end silently, locks that report their loss, and multi-key transactions.
+//!
+//! Open a store from a URL; each driver is a cargo feature (`sled` is on by default):
+//!
+//! | scheme | feature | example |
+//! |---|---|---|
+//! | `sled` | `sled` | `sled:///var/lib/app/kv`, `sled://./data` |
+//! | `etcd` | `etcd` | `etcd://10.0.0.1:2379,10.0.0.2:2379/app` |
+//! | `zk` | `zookeeper` | `zk://10.0.0.1:2181,10.0.0.2:2181/app` |
+//! | `consul` | `consul` | `consul://10.0.0.1:8500,10.0.0.2:8500/app` |
+//!
+//! ```
+//! # async fn demo() -> kv::Result<()> {
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = kv::open(&format!("sled://{}", dir.path().display())).await?;
+//! store.put("app/config/port", b"8080", kv::PutOptions::default()).await?;
+//! let pair = store.get("/app/config/port/").await?; // same key: slashes are normalized
+//! assert_eq!(pair.value, b"8080");
+//! # Ok(()) }
+//! # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+//! ```
 
+#![warn(missing_docs)]
+
+use std::sync::Arc;
+
+pub use kv_core::*;
+
+#[cfg(feature = "consul")]
+pub use kv_consul as consul;
+#[cfg(feature = "etcd")]
+pub use kv_etcd as etcd;
+#[cfg(feature = "sled")]
+pub use kv_sled as sled;
+#[cfg(feature = "zookeeper")]
+pub use kv_zookeeper as zookeeper;
+
+/// Every URL scheme this crate knows, with the cargo feature that enables it.
+pub const SCHEMES: &[(&str, &str)] =
+    &[("sled", "sled"), ("etcd", "etcd"), ("zk", "zookeeper"), ("consul", "consul")];
+
+/// The URL schemes enabled in this build.
+pub fn available_schemes() -> Vec<&'static str> {
+    let mut v = Vec::new();
+    #[cfg(feature = "sled")]
+    v.push(kv_sled::URL_SCHEME);
+    #[cfg(feature = "etcd")]
+    v.push(kv_etcd::URL_SCHEME);
+    #[cfg(feature = "zookeeper")]
+    v.push(kv_zookeeper::URL_SCHEME);
+    #[cfg(feature = "consul")]
+    v.push(kv_consul::URL_SCHEME);
+    v
+}
+
+/// Opens a store from a URL, dispatching on its scheme.
+///
+/// An unknown scheme, or one whose feature is disabled, is [`Error::Config`] listing the
+/// schemes this build supports. Each driver documents its own URL options.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
+    let scheme = kv_core::url::scheme_of(url).ok_or_else(|| {
+        Error::config(format!(
+            "{url:?} is not a store URL (expected scheme://...); available schemes: {}",
+            available_schemes().join(", ")
+        ))
+    })?;
+    match scheme.as_str() {
+        #[cfg(feature = "sled")]
+        kv_sled::URL_SCHEME => Ok(Arc::new(kv_sled::SledStore::from_url(url).await?)),
+        #[cfg(feature = "etcd")]
+        kv_etcd::URL_SCHEME => Ok(Arc::new(kv_etcd::EtcdStore::from_url(url).await?)),
+        #[cfg(feature = "zookeeper")]
+        kv_zookeeper::URL_SCHEME => Ok(Arc::new(kv_zookeeper::ZkStore::from_url(url).await?)),
+        #[cfg(feature = "consul")]
+        kv_consul::URL_SCHEME => Ok(Arc::new(kv_consul::ConsulStore::from_url(url).await?)),
+        other => {
+            let hint = match SCHEMES.iter().find(|(s, _)| *s == other) {
+                Some((_, feature)) => format!(" (enable the `{feature}` feature of kv)"),
+                None => String::new(),
+            };
+            Err(Error::config(format!(
+                "URL scheme {other:?} is not available in this build{hint}; available schemes: {}",
+                available_schemes().join(", ")
+            )))
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! consul server launcher for tests (filled in by the consul driver work).
