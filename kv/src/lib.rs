@@ -78,15 +78,33 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
         kv_zookeeper::URL_SCHEME => Ok(Arc::new(kv_zookeeper::ZkStore::from_url(url).await?)),
         #[cfg(feature = "consul")]
         kv_consul::URL_SCHEME => Ok(Arc::new(kv_consul::ConsulStore::from_url(url).await?)),
-        other => {
-            let hint = match SCHEMES.iter().find(|(s, _)| *s == other) {
-                Some((_, feature)) => format!(" (enable the `{feature}` feature of kv)"),
-                None => String::new(),
-            };
-            Err(Error::config(format!(
-                "URL scheme {other:?} is not available in this build{hint}; available schemes: {}",
-                available_schemes().join(", ")
-            )))
-        }
+        other => Err(unavailable_scheme(other, &available_schemes())),
+    }
+}
+
+/// The error for a scheme this build cannot open, naming the feature to enable if known.
+fn unavailable_scheme(scheme: &str, available: &[&str]) -> Error {
+    let hint = match SCHEMES.iter().find(|(s, _)| *s == scheme) {
+        Some((_, feature)) => format!(" (enable the `{feature}` feature of kv)"),
+        None => String::new(),
+    };
+    Error::config(format!(
+        "URL scheme {scheme:?} is not available in this build{hint}; available schemes: {}",
+        if available.is_empty() { "none".to_string() } else { available.join(", ") }
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unavailable_scheme_names_feature_and_lists_available() {
+        let msg = unavailable_scheme("zk", &["sled"]).to_string();
+        assert!(msg.contains("\"zk\"") && msg.contains("`zookeeper` feature"), "{msg}");
+        assert!(msg.ends_with("available schemes: sled"), "{msg}");
+        let msg = unavailable_scheme("redis", &["sled", "etcd"]).to_string();
+        assert!(!msg.contains("feature"), "{msg}");
+        assert!(msg.ends_with("available schemes: sled, etcd"), "{msg}");
     }
 }
