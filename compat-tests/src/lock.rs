@@ -1,0 +1,450 @@
+//! Locks: exclusion across handles, hand-over, abandonment, TTL, loss, contention.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kv_core::{Error, Lock, LockOptions, PutOptions, Store};
+
+use crate::{
+    eventually, keys_of, must_not_complete, within, Context, Ctx, Failure, Outcome, Task, DEADLINE,
+    TTL_GRACE,
+};
+
+/// How long a blocked acquisition is watched to prove that it waits.
+const BLOCKED_WINDOW: Duration = Duration::from_secs(2);
+
+async fn acquire(store: &dyn Store, key: &str, options: LockOptions, what: &str) -> Outcome<Lock> {
+    within(what, DEADLINE, store.new_lock(key, options))
+        .await?
+        .ok_or_fail(what)
+}
+
+async fn value_of(store: &dyn Store, key: &str) -> Outcome<Option<Vec<u8>>> {
+    Ok(crate::state_of(store, key).await?.map(|(v, _)| v))
+}
+
+/// lock, the value is visible from another handle, unlock removes it, relock works.
+pub async fn lock_unlock_relock(store: &dyn Store, ctx: &Ctx) -> Outcome {
+    let other = ctx.open_another().await?;
+    let k = ctx.key("lock");
+    let l = acquire(
+        store,
+        &format!("/{k}/"),
+        LockOptions::with_value("holder-1"),
+        "acquiring a free lock",
+    )
+    .await?;
+    check_eq!(l.key(), k.as_str(), "Lock::key (normalized)");
+    check_eq!(l.value(), b"holder-1", "Lock::value");
+    check!(!l.is_lost(), "a fresh lock reports itself lost");
+    check_eq!(
+        value_of(&*other, &k).await?,
+        Some(b"holder-1".to_vec()),
+        "the lock value read by get from another handle"
+    );
+    let listed = other.list(ctx.prefix()).await?;
+    check!(
+        listed.iter().any(|p| p.key == k && p.value == b"holder-1"),
+        "list from another handle does not show the held lock {k:?} with its value: {:?}",
+        keys_of(&listed)
+    );
+    l.unlock().await.ok_or_fail("unlock")?;
+    check!(
+        !other.exists(&k).await?,
+        "the lock key still exists (seen from another handle) after unlock"
+    );
+    check!(
+        !store.exists(&k).await?,
+        "the lock key still exists after unlock"
+    );
+    let l2 = acquire(
+        store,
+        &k,
+        LockOptions::with_value("holder-2"),
+        "relocking on the same handle",
+    )
+    .await?;
+    check_eq!(
+        value_of(&*other, &k).await?,
+        Some(b"holder-2".to_vec()),
+        "the value after relock"
+    );
+    l2.unlock().await.ok_or_fail("second unlock")?;
+    let l3 = acquire(
+        &*other,
+        &k,
+        LockOptions::with_value("holder-3"),
+        "locking from the other handle after unlock",
+    )
+    .await?;
+    check_eq!(
+        value_of(store, &k).await?,
+        Some(b"holder-3".to_vec()),
+        "the value set by the other handle"
+    );
+    l3.unlock().await.ok_or_fail("third unlock")?;
+    check_eq!(
+        keys_of(&store.list(ctx.prefix()).await?),
+        Vec::<String>::new(),
+        "keys left under the scenario prefix after every unlock"
+    );
+    Ok(())
+}
+
+/// A second handle waits while the lock is held; a waiter spawned earlier gets it after unlock.
+pub async fn blocks_then_hands_over(store: &dyn Store, ctx: &Ctx) -> Outcome {
+    let h2 = ctx.open_another().await?;
+    let h3 = ctx.open_another().await?;
+    let k = ctx.key("lock");
+    let held = acquire(
+        store,
+        &k,
+        LockOptions::with_value("first"),
+        "acquiring the free lock",
+    )
+    .await?;
+    must_not_complete(
+        "a second handle's new_lock while the lock is held",
+        BLOCKED_WINDOW,
+        h2.new_lock(&k, LockOptions::with_value("second")),
+    )
+    .await?;
+    check_eq!(
+        value_of(&*h2, &k).await?,
+        Some(b"first".to_vec()),
+        "lock value after a blocked (abandoned) attempt"
+    );
+    let waiter = {
+        let (h3, k) = (h3.clone(), k.clone());
+        Task::spawn(async move { h3.new_lock(&k, LockOptions::with_value("third")).await })
+    };
+    let mut waiter = waiter;
+    must_not_complete(
+        "a waiting acquirer while the lock is held",
+        BLOCKED_WINDOW,
+        &mut waiter,
+    )
+    .await?;
+    check!(
+        !held.is_lost(),
+        "the holder's lock was lost while another handle waited"
+    );
+    held.unlock().await.ok_or_fail("unlock by the holder")?;
+    let third = within(
+        "the waiting acquirer to get the lock after unlock",
+        DEADLINE,
+        &mut waiter,
+    )
+    .await??
+    .ok_or_fail("the waiter's new_lock")?;
+    check_eq!(
+        value_of(&*h2, &k).await?,
+        Some(b"third".to_vec()),
+        "lock value after the hand-over"
+    );
+    check!(!third.is_lost(), "the new holder's lock is lost");
+    third
+        .unlock()
+        .await
+        .ok_or_fail("unlock by the new holder")?;
+    check!(
+        !store.exists(&k).await?,
+        "lock key present after the last unlock"
+    );
+    Ok(())
+}
+
+/// A second new_lock on the same key waits, also from the same handle.
+pub async fn not_reentrant(store: &dyn Store, ctx: &Ctx) -> Outcome {
+    let k = ctx.key("lock");
+    let held = acquire(
+        store,
+        &k,
+        LockOptions::with_value("one"),
+        "acquiring the free lock",
+    )
+    .await?;
+    must_not_complete(
+        "a second new_lock on the same handle while held",
+        BLOCKED_WINDOW,
+        store.new_lock(&k, LockOptions::with_value("two")),
+    )
+    .await?;
+    check_eq!(
+        value_of(store, &k).await?,
+        Some(b"one".to_vec()),
+        "lock value after the blocked attempt"
+    );
+    held.unlock().await.ok_or_fail("unlock")?;
+    let again = acquire(
+        store,
+        &k,
+        LockOptions::with_value("three"),
+        "new_lock on the same handle after unlock",
+    )
+    .await?;
+    again.unlock().await.ok_or_fail("unlock")?;
+    Ok(())
+}
+
+/// An attempt dropped while waiting leaves nothing behind: a third handle acquires promptly.
+pub async fn abandoned_attempt(store: &dyn Store, ctx: &Ctx) -> Outcome {
+    let h2 = ctx.open_another().await?;
+    let h3 = ctx.open_another().await?;
+    let k = ctx.key("lock");
+    let held = acquire(
+        store,
+        &k,
+        LockOptions::with_value("holder"),
+        "acquiring the free lock",
+    )
+    .await?;
+    for i in 0..3 {
+        must_not_complete(
+            &format!("abandoned attempt #{i}"),
+            Duration::from_millis(700),
+            h2.new_lock(&k, LockOptions::with_value("abandoned")),
+        )
+        .await?;
+    }
+    check_eq!(
+        value_of(store, &k).await?,
+        Some(b"holder".to_vec()),
+        "lock value after abandoned attempts"
+    );
+    held.unlock().await.ok_or_fail("unlock by the holder")?;
+    let third = acquire(&*h3, &k, LockOptions::with_value("third"), "a third handle acquiring after the holder's unlock (an abandoned attempt must not hold it)").await?;
+    check_eq!(
+        value_of(store, &k).await?,
+        Some(b"third".to_vec()),
+        "lock value held by the third handle"
+    );
+    check_eq!(
+        keys_of(&store.list(ctx.prefix()).await?),
+        vec![k.clone()],
+        "keys under the lock's parent while the third handle holds it (no leftovers)"
+    );
+    third
+        .unlock()
+        .await
+        .ok_or_fail("unlock by the third handle")?;
+    eventually("no keys left under the lock's parent", DEADLINE, || async {
+        let left = store.list(ctx.prefix()).await?;
+        Ok(left.is_empty().then_some(()))
+    })
+    .await?;
+    // And the abandoned handle itself can take the lock normally now.
+    let again = acquire(
+        &*h2,
+        &k,
+        LockOptions::with_value("h2"),
+        "the abandoning handle acquiring later",
+    )
+    .await?;
+    again.unlock().await.ok_or_fail("unlock")?;
+    Ok(())
+}
+
+/// A lease lock (keep_alive = false) frees itself after its TTL; its LostSignal fires.
+pub async fn ttl_expiry(store: &dyn Store, ctx: &Ctx) -> Outcome {
+    let h2 = ctx.open_another().await?;
+    let k = ctx.key("lease");
+    let ttl = ctx.short_ttl();
+    let t0 = Instant::now();
+    let holder = acquire(
+        store,
+        &k,
+        LockOptions::with_value("lease").ttl(ttl).keep_alive(false),
+        "acquiring a lease lock",
+    )
+    .await?;
+    let lost = holder.lost_signal();
+    let mut waiter = {
+        let (h2, k) = (h2.clone(), k.clone());
+        Task::spawn(async move { h2.new_lock(&k, LockOptions::with_value("next")).await })
+    };
+    let next = within(
+        &format!("a waiter to acquire the lease lock after its {ttl:?} TTL"),
+        ttl + TTL_GRACE,
+        &mut waiter,
+    )
+    .await??
+    .ok_or_fail("the waiter's new_lock")?;
+    let elapsed = t0.elapsed();
+    check!(
+        elapsed >= ttl * 3 / 4,
+        "the waiter acquired after {elapsed:?}, well before the holder's TTL of {ttl:?} passed"
+    );
+    let e = within("the holder's LostSignal", DEADLINE, lost.wait()).await?;
+    check!(
+        matches!(&e, Error::LockLost { key, .. } if *key == k),
+        "LostSignal::wait gave {e:?}, expected LockLost for {k:?}"
+    );
+    check!(
+        holder.is_lost(),
+        "Lock::is_lost is false after its TTL passed"
+    );
+    check_eq!(
+        value_of(store, &k).await?,
+        Some(b"next".to_vec()),
+        "lock value after the hand-over"
+    );
+    expect_err!(
+        holder.unlock().await,
+        Error::LockLost { .. },
+        "unlock of an expired lease lock"
+    );
+    check_eq!(
+        value_of(&*h2, &k).await?,
+        Some(b"next".to_vec()),
+        "the new holder's value after the old holder's unlock (it must not be removed)"
+    );
+    check!(!next.is_lost(), "the new holder's lock is lost");
+    next.unlock().await.ok_or_fail("unlock by the new holder")?;
+    Ok(())
+}
+
+/// Deleting (or overwriting) the lock key from another handle fires the holder's LostSignal.
+pub async fn lost_on_delete(store: &dyn Store, ctx: &Ctx) -> Outcome {
+    let h2 = ctx.open_another().await?;
+    let h3 = ctx.open_another().await?;
+    let k = ctx.key("lock");
+    let holder = acquire(
+        store,
+        &k,
+        LockOptions::with_value("holder"),
+        "acquiring the free lock",
+    )
+    .await?;
+    let lost = holder.lost_signal();
+    check!(!lost.is_lost(), "LostSignal fired before anything happened");
+    h2.delete(&k)
+        .await
+        .ok_or_fail("delete of the lock key by another handle")?;
+    let e = within(
+        "the holder's LostSignal after its key was deleted",
+        DEADLINE,
+        lost.wait(),
+    )
+    .await?;
+    check!(
+        matches!(&e, Error::LockLost { key, .. } if *key == k),
+        "LostSignal::wait gave {e:?}, expected LockLost for {k:?}"
+    );
+    check!(
+        holder.is_lost(),
+        "Lock::is_lost is false after the key was deleted"
+    );
+    check!(
+        lost.is_lost(),
+        "LostSignal::is_lost is false after it fired"
+    );
+    let third = acquire(
+        &*h3,
+        &k,
+        LockOptions::with_value("third"),
+        "another handle acquiring after the key was deleted",
+    )
+    .await?;
+    expect_err!(
+        holder.unlock().await,
+        Error::LockLost { .. },
+        "unlock of a lost lock"
+    );
+    check_eq!(
+        value_of(&*h2, &k).await?,
+        Some(b"third".to_vec()),
+        "the new holder's value after the lost holder's unlock"
+    );
+    check!(!third.is_lost(), "the new holder's lock is lost");
+
+    // Overwritten by someone else: lost as well.
+    let lost3 = third.lost_signal();
+    h2.put(&k, b"intruder", PutOptions::default())
+        .await
+        .ok_or_fail("overwrite of the lock key")?;
+    within(
+        "the holder's LostSignal after its key was overwritten",
+        DEADLINE,
+        lost3.wait(),
+    )
+    .await?;
+    expect_err!(
+        third.unlock().await,
+        Error::LockLost { .. },
+        "unlock of a lock whose key was overwritten"
+    );
+    Ok(())
+}
+
+/// 4 handles x 5 rounds of read-modify-write under the lock: exactly 20, never two holders.
+pub async fn contention(_store: &dyn Store, ctx: &Ctx) -> Outcome {
+    let lock_key = ctx.key("lock");
+    let counter = ctx.key("counter");
+    let inside = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for h in 0..4 {
+        let store = ctx.open_another().await?;
+        let (lock_key, counter, inside) = (lock_key.clone(), counter.clone(), inside.clone());
+        tasks.push(Task::spawn(async move {
+            for round in 0..5 {
+                let what = format!("handle {h} round {round}: new_lock");
+                let l = within(
+                    &what,
+                    Duration::from_secs(60),
+                    store.new_lock(&lock_key, LockOptions::with_value(format!("{h}.{round}"))),
+                )
+                .await?
+                .ok_or_fail(&what)?;
+                if inside.fetch_add(1, Ordering::SeqCst) != 0 {
+                    return Err(Failure::new(format!(
+                        "handle {h} round {round} got the lock while another handle held it"
+                    )));
+                }
+                let n: u64 = match store.get(&counter).await {
+                    Ok(p) => p
+                        .value_str()
+                        .parse()
+                        .map_err(|_| Failure::new(format!("counter holds {:?}", p.value_str())))?,
+                    Err(Error::NotFound { .. }) => 0,
+                    Err(e) => return Err(e.into()),
+                };
+                tokio::task::yield_now().await;
+                store
+                    .put(
+                        &counter,
+                        n.saturating_add(1).to_string().as_bytes(),
+                        PutOptions::default(),
+                    )
+                    .await
+                    .ok_or_fail("put counter")?;
+                inside.fetch_sub(1, Ordering::SeqCst);
+                l.unlock()
+                    .await
+                    .ok_or_fail(&format!("handle {h} round {round}: unlock"))?;
+            }
+            Ok::<(), Failure>(())
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        within(
+            &format!("contender {i} to finish"),
+            Duration::from_secs(120),
+            t,
+        )
+        .await???;
+    }
+    let store = ctx.open_another().await?;
+    let final_value = store.get(&counter).await?;
+    check_eq!(
+        final_value.value_str(),
+        "20",
+        "counter after 4 x 5 locked increments"
+    );
+    check!(
+        !store.exists(&lock_key).await?,
+        "the lock key is left after the last unlock"
+    );
+    Ok(())
+}
