@@ -1,1 +1,909 @@
-//! wip
+//! # kv-sled: the embedded driver of kv
+//!
+//! A [`kv_core::Store`] on a local [sled](https://docs.rs/sled/0.34) database, with the same
+//! semantics as the network backends: versions, TTL keys, watches, locks and transactions.
+//!
+//! ```
+//! # async fn demo() -> kv_core::Result<()> {
+//! use kv_core::{PutOptions, Store};
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = kv_sled::SledStore::from_url(&format!("sled://{}", dir.path().display())).await?;
+//! let pair = store.put("app/port", b"8080", PutOptions::default()).await?;
+//! assert_eq!(store.get("/app/port/").await?.version, pair.version);
+//! store.close().await?;
+//! # Ok(()) }
+//! # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+//! ```
+//!
+//! ## URLs
+//! `sled:///absolute/path` or `sled://./relative/path`, with options `timeout=10s`,
+//! `flush=true|false` and `namespace=app/x` (every key lives under the namespace).
+//!
+//! ## How it works
+//! - Every key is one record `[version][expires_at][flags][value]` (see the `record` module).
+//!   Versions come from sled's `generate_id`, which is monotonic across restarts, and each write
+//!   takes its version after reading the record it replaces and commits with compare-and-swap,
+//!   so a key's versions strictly increase, also across a delete and re-create.
+//! - A delete writes a *tombstone* with a fresh version; a background reaper thread (one per
+//!   database) removes tombstones about a second later and turns expired records into
+//!   tombstones at their expiry time, found through an expiry index. An expired record is
+//!   invisible to every read at once (millisecond precision, checked on read); watchers get the
+//!   deletion when the reaper writes the tombstone, normally within milliseconds of expiry.
+//! - Watches: one sled subscriber per database is drained by a dedicated thread that fans
+//!   events out without ever blocking, so an unread stream cannot stall writers. Watchers
+//!   order events by version and ignore older ones, so every change of a key arrives, in
+//!   order. A transaction's writes arrive one key at a time, so a subtree watch may show the
+//!   snapshot between two writes of one transaction.
+//! - Durability: by default (`flush=true`) every write is flushed to disk before the call
+//!   returns. With `flush=false`, sled flushes in the background every 500 ms, so up to the
+//!   last half second of acknowledged writes can be lost in a crash.
+//! - One process owns a database: the same path opened twice in a process shares one database
+//!   (locks and watches work across the handles); another process opening it gets
+//!   [`Error::Config`] saying the path is in use.
+//! - Locks are exclusive among all handles of the database in this process. The lock key holds
+//!   `LockOptions::value` with the lock's TTL, so it is visible to `get`/`list`/`watch` and
+//!   frees itself if the process dies. Keep-alive renewal (every TTL/3) extends the expiry
+//!   *without* changing the version, so watchers see no change and a version read while the
+//!   lock is held stays valid. Acquisition also waits while the key holds any other live value
+//!   (for example the lease of a crashed process, until it expires).
+
+#![warn(missing_docs)]
+
+mod db;
+mod hub;
+mod lock;
+mod record;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kv_core::key::{check_previous, check_value_size, join, strip_namespace, subtree_start};
+use kv_core::retry::{timed, DEFAULT_TIMEOUT};
+use kv_core::watch::{key_watch, tree_watch};
+use kv_core::{
+    async_trait, normalize_key, normalize_prefix, Capabilities, ConnectUrl, Error, KvPair, Lock,
+    LockOptions, PutOptions, Result, Store, TreeWatchStream, Txn, TxnOp, TxnResult, WatchStream,
+};
+
+use crate::db::{map_err, Action, Shared, TOMBSTONE_GRACE_MS};
+use crate::lock::{Acquiring, HeldSet};
+use crate::record::{expiry_key, now_ms, Record};
+
+/// The URL scheme of this driver.
+pub const URL_SCHEME: &str = "sled";
+
+pub(crate) const BACKEND: &str = "sled";
+
+/// Largest value accepted (16 MiB).
+pub const MAX_VALUE_SIZE: usize = 16 * 1024 * 1024;
+
+/// Most compares + operations in one transaction.
+pub const MAX_TXN_OPS: usize = 1024;
+
+const CAPABILITIES: Capabilities = Capabilities {
+    watch: true,
+    watch_tree: true,
+    watch_every_change: true,
+    lock: true,
+    ttl: true,
+    txn: true,
+    max_value_size: MAX_VALUE_SIZE,
+    max_txn_ops: MAX_TXN_OPS,
+    min_ttl: Duration::from_millis(1),
+};
+
+/// TTL in whole milliseconds, rounded up.
+pub(crate) fn ttl_ms(ttl: Duration) -> u64 {
+    ttl.as_nanos().div_ceil(1_000_000) as u64
+}
+
+fn expires_at(ttl: Option<Duration>) -> u64 {
+    ttl.map(|t| now_ms() + ttl_ms(t)).unwrap_or(0)
+}
+
+/// Configuration of a [`SledStore`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SledConfig {
+    /// Directory of the database (created if missing).
+    pub path: PathBuf,
+    /// Bound on every call (default [`DEFAULT_TIMEOUT`]).
+    pub timeout: Duration,
+    /// Flush every write to disk before returning (default `true`).
+    pub flush: bool,
+    /// Every key lives under this namespace (default `""`: none).
+    pub namespace: String,
+}
+
+impl SledConfig {
+    /// Default configuration for the database at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        SledConfig {
+            path: path.into(),
+            timeout: DEFAULT_TIMEOUT,
+            flush: true,
+            namespace: String::new(),
+        }
+    }
+
+    /// Sets the call timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets whether every write is flushed before returning.
+    pub fn flush(mut self, flush: bool) -> Self {
+        self.flush = flush;
+        self
+    }
+
+    /// Sets the namespace.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+}
+
+struct Inner {
+    config: SledConfig,
+    namespace: String,
+    shared: Mutex<Option<Arc<Shared>>>,
+    closed: tokio::sync::watch::Sender<bool>,
+    held: Arc<HeldSet>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let shared = self.shared.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(shared) = shared.take() {
+            shared
+                .handles
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+}
+
+/// A [`Store`] on a local sled database. Cheap to clone (clones share the handle).
+#[derive(Clone)]
+pub struct SledStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore")
+            .field("path", &self.inner.config.path)
+            .field("namespace", &self.inner.namespace)
+            .finish()
+    }
+}
+
+impl SledStore {
+    /// Opens (or joins, if this process already has it open) the database of `config`.
+    pub async fn connect(config: SledConfig) -> Result<Self> {
+        if config.path.as_os_str().is_empty() {
+            return Err(Error::config("the sled store needs a path"));
+        }
+        let namespace = normalize_prefix(&config.namespace)
+            .map_err(|e| Error::config(format!("bad namespace: {e}")))?;
+        let path = config.path.clone();
+        let shared = timed("connect", config.timeout, async move {
+            tokio::task::spawn_blocking(move || db::open_shared(&path))
+                .await
+                .map_err(|e| Error::backend(BACKEND, "the open task failed", e))?
+        })
+        .await?;
+        shared
+            .handles
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let (closed, _) = tokio::sync::watch::channel(false);
+        Ok(SledStore {
+            inner: Arc::new(Inner {
+                config,
+                namespace,
+                shared: Mutex::new(Some(shared)),
+                closed,
+                held: Arc::new(Mutex::new(HashMap::new())),
+            }),
+        })
+    }
+
+    /// Opens a store from a `sled://` URL (see the [crate docs](crate)).
+    pub async fn from_url(url: &str) -> Result<Self> {
+        Self::connect(parse_url(url)?).await
+    }
+
+    /// The database path, as configured.
+    pub fn path(&self) -> &std::path::Path {
+        &self.inner.config.path
+    }
+
+    fn shared(&self) -> Result<Arc<Shared>> {
+        self.inner
+            .shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(Error::Closed)
+    }
+
+    fn skey(&self, key: &str) -> Vec<u8> {
+        join(&self.inner.namespace, key).into_bytes()
+    }
+
+    /// Stored-key prefix of the subtree of normalized `prefix`.
+    fn subtree(&self, prefix: &str) -> Vec<u8> {
+        let start = subtree_start(prefix);
+        if self.inner.namespace.is_empty() {
+            start.into_bytes()
+        } else {
+            format!("{}/{start}", self.inner.namespace).into_bytes()
+        }
+    }
+
+    fn relative(&self, skey: &[u8]) -> Option<String> {
+        let s = std::str::from_utf8(skey).ok()?;
+        strip_namespace(&self.inner.namespace, s).map(str::to_string)
+    }
+
+    async fn sync(&self, shared: &Shared) -> Result<()> {
+        if self.inner.config.flush {
+            shared.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn bounded<T>(
+        &self,
+        op: &str,
+        fut: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        if *self.inner.closed.borrow() {
+            return Err(Error::Closed);
+        }
+        timed(op, self.inner.config.timeout, fut).await
+    }
+
+    fn closed_rx(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.closed.subscribe()
+    }
+}
+
+fn parse_url(url: &str) -> Result<SledConfig> {
+    let mut u = ConnectUrl::parse(url)?;
+    if u.scheme != URL_SCHEME {
+        return Err(Error::config(format!(
+            "{url:?} is not a sled URL (expected sled:///path or sled://./relative/path)"
+        )));
+    }
+    let path = match u.hosts.as_slice() {
+        [] => u.path.clone(),
+        [h] if h == "." => u.path.trim_start_matches('/').to_string(),
+        _ => {
+            return Err(Error::config(format!(
+            "{url:?}: a sled URL has no host; use sled:///absolute/path or sled://./relative/path"
+        )))
+        }
+    };
+    if path.is_empty() || path == "/" {
+        return Err(Error::config(format!(
+            "{url:?} has no database path; use sled:///absolute/path or sled://./relative/path"
+        )));
+    }
+    let mut config = SledConfig::new(path);
+    if let Some(t) = u.take_duration("timeout")? {
+        config.timeout = t;
+    }
+    if let Some(f) = u.take_bool("flush")? {
+        config.flush = f;
+    }
+    if let Some(ns) = u.take("namespace") {
+        config.namespace = ns;
+    }
+    u.finish()?;
+    Ok(config)
+}
+
+/// Waits until `rx` says closed; pends forever if the handle is gone without closing.
+async fn wait_closed(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    if rx.wait_for(|c| *c).await.is_err() {
+        std::future::pending::<()>().await
+    }
+}
+
+#[async_trait]
+impl Store for SledStore {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        CAPABILITIES
+    }
+
+    async fn put(&self, key: &str, value: &[u8], options: PutOptions) -> Result<KvPair> {
+        self.bounded("put", async {
+            let shared = self.shared()?;
+            let key = normalize_key(key)?;
+            check_value_size(&key, value, MAX_VALUE_SIZE, BACKEND)?;
+            CAPABILITIES.check_ttl(options.ttl, BACKEND)?;
+            let exp = expires_at(options.ttl);
+            let rec = shared
+                .write(&self.skey(&key), |_| {
+                    Ok(Action::Put {
+                        value: value.to_vec(),
+                        expires_at: exp,
+                    })
+                })?
+                .ok_or_else(|| Error::invalid_argument("internal: put wrote nothing"))?;
+            self.sync(&shared).await?;
+            Ok(KvPair::new(key, value, rec.version))
+        })
+        .await
+    }
+
+    async fn get(&self, key: &str) -> Result<KvPair> {
+        self.bounded("get", async {
+            let shared = self.shared()?;
+            let key = normalize_key(key)?;
+            match shared.read_live(&self.skey(&key))? {
+                Some(r) => Ok(KvPair::new(key, r.value, r.version)),
+                None => Err(Error::not_found(key)),
+            }
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.bounded("delete", async {
+            let shared = self.shared()?;
+            let key = normalize_key(key)?;
+            shared.write(&self.skey(&key), |live| match live {
+                Some(_) => Ok(Action::Delete),
+                None => Err(Error::not_found(&key)),
+            })?;
+            self.sync(&shared).await
+        })
+        .await
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool> {
+        self.bounded("exists", async {
+            let shared = self.shared()?;
+            let key = normalize_key(key)?;
+            Ok(shared.read_live(&self.skey(&key))?.is_some())
+        })
+        .await
+    }
+
+    async fn watch(&self, key: &str) -> Result<WatchStream> {
+        self.bounded("watch", async {
+            let shared = self.shared()?;
+            let key = normalize_key(key)?;
+            let skey = self.skey(&key);
+            // Subscribe first, then read: every later change arrives with a larger version.
+            let mut sub = shared.hub.key(&skey);
+            let now = now_ms();
+            let (mut last, state) = match shared.data.get(&skey).map_err(|e| map_err("watch", e))? {
+                None => (0, None),
+                Some(b) => {
+                    let r = Record::decode(&b)?;
+                    let live = r.is_live(now);
+                    (
+                        r.version,
+                        live.then(|| KvPair::new(key.clone(), r.value, r.version)),
+                    )
+                }
+            };
+            drop(shared);
+            let (mut w, stream) = key_watch();
+            w.emit(state);
+            let mut closed = self.closed_rx();
+            tokio::spawn(async move {
+                loop {
+                    let change = tokio::select! {
+                        _ = wait_closed(&mut closed) => None,
+                        _ = w.closed() => return,
+                        c = sub.rx.recv() => c,
+                    };
+                    let Some((_, bytes)) = change else {
+                        w.error(Error::Closed);
+                        return;
+                    };
+                    let rec = match Record::decode(&bytes) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            if !w.error(e) {
+                                return;
+                            }
+                            continue;
+                        }
+                    };
+                    if rec.version <= last {
+                        continue;
+                    }
+                    last = rec.version;
+                    let state = rec
+                        .is_live(now_ms())
+                        .then(|| KvPair::new(key.clone(), rec.value, rec.version));
+                    if !w.emit(state) {
+                        return;
+                    }
+                }
+            });
+            Ok(stream)
+        })
+        .await
+    }
+
+    async fn watch_tree(&self, prefix: &str) -> Result<TreeWatchStream> {
+        self.bounded("watch_tree", async {
+            let shared = self.shared()?;
+            let prefix = normalize_prefix(prefix)?;
+            let start = self.subtree(&prefix);
+            let mut sub = shared.hub.prefix(&start);
+            let now = now_ms();
+            // stored key → (last version seen, current pair if present)
+            let mut tree: BTreeMap<Vec<u8>, (u64, Option<KvPair>)> = BTreeMap::new();
+            for item in shared.data.scan_prefix(&start) {
+                let (k, v) = item.map_err(|e| map_err("watch_tree", e))?;
+                let Some(rel) = self.relative(&k) else {
+                    continue;
+                };
+                let r = Record::decode(&v)?;
+                let pair = r.is_live(now).then(|| KvPair::new(rel, r.value, r.version));
+                tree.insert(k.to_vec(), (r.version, pair));
+            }
+            drop(shared);
+            let snapshot = |t: &BTreeMap<Vec<u8>, (u64, Option<KvPair>)>| -> Vec<KvPair> {
+                t.values().filter_map(|(_, p)| p.clone()).collect()
+            };
+            let (mut w, stream) = tree_watch();
+            w.emit(snapshot(&tree));
+            let mut closed = self.closed_rx();
+            let this = self.clone_for_task();
+            tokio::spawn(async move {
+                loop {
+                    let change = tokio::select! {
+                        _ = wait_closed(&mut closed) => None,
+                        _ = w.closed() => return,
+                        c = sub.rx.recv() => c,
+                    };
+                    let Some((k, bytes)) = change else {
+                        w.error(Error::Closed);
+                        return;
+                    };
+                    let Some(rel) = this.relative(&k) else {
+                        continue;
+                    };
+                    let rec = match Record::decode(&bytes) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            if !w.error(e) {
+                                return;
+                            }
+                            continue;
+                        }
+                    };
+                    let entry = tree.entry(k.to_vec()).or_insert((0, None));
+                    if rec.version <= entry.0 {
+                        continue;
+                    }
+                    let pair = rec
+                        .is_live(now_ms())
+                        .then(|| KvPair::new(rel, rec.value, rec.version));
+                    *entry = (rec.version, pair);
+                    if !w.emit(snapshot(&tree)) {
+                        return;
+                    }
+                }
+            });
+            Ok(stream)
+        })
+        .await
+    }
+
+    async fn new_lock(&self, key: &str, options: LockOptions) -> Result<Lock> {
+        if *self.inner.closed.borrow() {
+            return Err(Error::Closed);
+        }
+        let shared = self.shared()?;
+        let key = normalize_key(key)?;
+        check_value_size(&key, &options.value, MAX_VALUE_SIZE, BACKEND)?;
+        CAPABILITIES.check_ttl(Some(options.ttl), BACKEND)?;
+        let skey = self.skey(&key);
+        let token = lock::new_token();
+        let mut closed = self.closed_rx();
+        // 1. Wait for the lock table entry (in-process exclusion among all handles).
+        loop {
+            let freed = shared.lock_freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            {
+                let mut t = shared.locks.lock().unwrap_or_else(|e| e.into_inner());
+                if let std::collections::hash_map::Entry::Vacant(v) = t.entry(skey.clone()) {
+                    v.insert(token);
+                    break;
+                }
+            }
+            tokio::select! {
+                _ = &mut freed => {}
+                _ = wait_closed(&mut closed) => return Err(Error::Closed),
+            }
+        }
+        let mut guard = Acquiring {
+            shared: shared.clone(),
+            skey: skey.clone(),
+            token,
+            written: None,
+            armed: true,
+        };
+        // 2. Write the lock record once the key holds no live value (a leftover lease of a
+        //    crashed process frees itself at its expiry).
+        let mut sub = shared.hub.key(&skey);
+        let record = loop {
+            let exp = now_ms() + ttl_ms(options.ttl);
+            let mut blocked_until = 0;
+            let written = shared.write(&skey, |live| match live {
+                Some(r) => {
+                    blocked_until = r.expires_at;
+                    Ok(Action::Skip)
+                }
+                None => Ok(Action::Put {
+                    value: options.value.clone(),
+                    expires_at: exp,
+                }),
+            })?;
+            if let Some(r) = written {
+                break r;
+            }
+            let wait = if blocked_until == 0 {
+                Duration::from_millis(500)
+            } else {
+                Duration::from_millis(blocked_until.saturating_sub(now_ms()).clamp(1, 500))
+            };
+            tokio::select! {
+                _ = sub.rx.recv() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = wait_closed(&mut closed) => return Err(Error::Closed),
+            }
+        };
+        guard.written = Some(record.version);
+        timed("lock", self.inner.config.timeout, self.sync(&shared)).await?;
+        // Events older than our write are ignored by version, so the subscription carries over.
+        let (notifier, signal) = kv_core::lock::lost_signal(key.clone());
+        let held = lock::start(shared.clone(), skey, token, record, notifier, sub, &options);
+        guard.armed = false;
+        self.inner
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(token, held.clone());
+        if *self.inner.closed.borrow() {
+            held.notifier.fire("the store was closed");
+            let _ = held.give_up(true);
+        }
+        let release = lock::Release {
+            held,
+            owner: Arc::downgrade(&self.inner.held),
+            flush: self.inner.config.flush,
+        };
+        Ok(Lock::new(key, options.value, signal, Box::new(release)))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<KvPair>> {
+        self.bounded("list", async {
+            let shared = self.shared()?;
+            let prefix = normalize_prefix(prefix)?;
+            let now = now_ms();
+            let mut out = Vec::new();
+            for item in shared.data.scan_prefix(self.subtree(&prefix)) {
+                let (k, v) = item.map_err(|e| map_err("list", e))?;
+                let r = Record::decode(&v)?;
+                if !r.is_live(now) {
+                    continue;
+                }
+                if let Some(rel) = self.relative(&k) {
+                    out.push(KvPair::new(rel, r.value, r.version));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_tree(&self, prefix: &str) -> Result<()> {
+        self.bounded("delete_tree", async {
+            let shared = self.shared()?;
+            let prefix = normalize_prefix(prefix)?;
+            let keys: Vec<sled::IVec> = shared
+                .data
+                .scan_prefix(self.subtree(&prefix))
+                .keys()
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| map_err("delete_tree", e))?;
+            let mut any = false;
+            for k in keys {
+                let done = shared.write(&k, |live| {
+                    Ok(if live.is_some() {
+                        Action::Delete
+                    } else {
+                        Action::Skip
+                    })
+                })?;
+                any |= done.is_some();
+            }
+            if any {
+                self.sync(&shared).await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn atomic_put(
+        &self,
+        key: &str,
+        value: &[u8],
+        previous: Option<&KvPair>,
+        options: PutOptions,
+    ) -> Result<KvPair> {
+        self.bounded("atomic_put", async {
+            let shared = self.shared()?;
+            let key = normalize_key(key)?;
+            if let Some(p) = previous {
+                check_previous(&key, p)?;
+            }
+            check_value_size(&key, value, MAX_VALUE_SIZE, BACKEND)?;
+            CAPABILITIES.check_ttl(options.ttl, BACKEND)?;
+            let exp = expires_at(options.ttl);
+            let rec = shared
+                .write(&self.skey(&key), |live| {
+                    match (previous, live) {
+                        (None, Some(_)) => return Err(Error::KeyExists { key: key.clone() }),
+                        (Some(_), None) => return Err(Error::not_found(&key)),
+                        (Some(p), Some(r)) if r.version != p.version => {
+                            return Err(Error::KeyModified {
+                                key: key.clone(),
+                                expected: p.version,
+                                actual: r.version,
+                            })
+                        }
+                        _ => {}
+                    }
+                    Ok(Action::Put {
+                        value: value.to_vec(),
+                        expires_at: exp,
+                    })
+                })?
+                .ok_or_else(|| Error::invalid_argument("internal: atomic_put wrote nothing"))?;
+            self.sync(&shared).await?;
+            Ok(KvPair::new(key, value, rec.version))
+        })
+        .await
+    }
+
+    async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()> {
+        self.bounded("atomic_delete", async {
+            let shared = self.shared()?;
+            let key = normalize_key(key)?;
+            check_previous(&key, previous)?;
+            shared.write(&self.skey(&key), |live| match live {
+                None => Err(Error::not_found(&key)),
+                Some(r) if r.version != previous.version => Err(Error::KeyModified {
+                    key: key.clone(),
+                    expected: previous.version,
+                    actual: r.version,
+                }),
+                Some(_) => Ok(Action::Delete),
+            })?;
+            self.sync(&shared).await
+        })
+        .await
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<Vec<TxnResult>> {
+        self.bounded("txn", async {
+            let shared = self.shared()?;
+            let txn = txn.prepare(&CAPABILITIES, BACKEND)?;
+            let results = self.run_txn(&shared, &txn)?;
+            if txn.ops.iter().any(|op| !matches!(op, TxnOp::Get { .. })) {
+                self.sync(&shared).await?;
+            }
+            Ok(results)
+        })
+        .await
+    }
+
+    async fn close(&self) -> Result<()> {
+        let _ = self.inner.closed.send(true);
+        let held: Vec<_> = self
+            .inner
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, h)| h)
+            .collect();
+        let mut first_err = None;
+        for h in &held {
+            h.notifier.fire("the store was closed");
+            if let Err(e) = h.give_up(true) {
+                first_err.get_or_insert(e);
+            }
+        }
+        let shared = self
+            .inner
+            .shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(shared) = &shared {
+            if !held.is_empty() && self.inner.config.flush {
+                if let Err(e) = timed("close", self.inner.config.timeout, shared.flush()).await {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        drop(held);
+        if let Some(shared) = shared {
+            let last = shared
+                .handles
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+                == 1;
+            let (weak, dir) = (Arc::downgrade(&shared), shared.path.clone());
+            drop(shared);
+            if last {
+                // Watch and lock tasks wind down after the close signal; wait (bounded) until
+                // the database and its file lock are really released, so another process can
+                // open the path as soon as close returns.
+                let released = timed("close", self.inner.config.timeout, async {
+                    while weak.strong_count() > 0 || !db::file_lock_released(&dir) {
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                    Ok(())
+                })
+                .await;
+                if let Err(e) = released {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+impl SledStore {
+    fn clone_for_task(&self) -> KeyMapper {
+        KeyMapper {
+            namespace: self.inner.namespace.clone(),
+        }
+    }
+
+    fn run_txn(&self, shared: &Shared, txn: &Txn) -> Result<Vec<TxnResult>> {
+        use sled::transaction::{ConflictableTransactionError as Abort, TransactionError};
+        let now = now_ms();
+        // Expiry index entries go in first (a stale entry is harmless, a missing one is not).
+        let mut expiry: HashMap<usize, u64> = HashMap::new();
+        for (i, op) in txn.ops.iter().enumerate() {
+            let due = match op {
+                TxnOp::Put { options, .. } => expires_at(options.ttl),
+                TxnOp::Delete { .. } => now + TOMBSTONE_GRACE_MS,
+                TxnOp::Get { .. } => 0,
+            };
+            if due != 0 {
+                shared
+                    .expiry
+                    .insert(expiry_key(due, &self.skey(op.key())), &[])
+                    .map_err(|e| map_err("txn", e))?;
+                expiry.insert(i, due);
+            }
+        }
+        let res = shared.data.transaction(|tx| {
+            let now = now_ms();
+            let read = |key: &str| -> std::result::Result<Option<Record>, Abort<Error>> {
+                match tx.get(self.skey(key))? {
+                    None => Ok(None),
+                    Some(b) => Record::decode(&b)
+                        .map(|r| Some(r).filter(|r| r.is_live(now)))
+                        .map_err(Abort::Abort),
+                }
+            };
+            for (i, c) in txn.compares.iter().enumerate() {
+                let cur = read(c.key())?.map(|r| r.version);
+                c.evaluate(i, cur).map_err(Abort::Abort)?;
+            }
+            let mut out = Vec::with_capacity(txn.ops.len());
+            for (i, op) in txn.ops.iter().enumerate() {
+                match op {
+                    TxnOp::Get { key } => out.push(TxnResult::Get(
+                        read(key)?.map(|r| KvPair::new(key.clone(), r.value, r.version)),
+                    )),
+                    TxnOp::Put { key, value, .. } => {
+                        let version = tx.generate_id()? + 1;
+                        let exp = expiry.get(&i).copied().unwrap_or(0);
+                        let rec = Record::live(version, exp, value.clone());
+                        tx.insert(self.skey(key), rec.encode())?;
+                        out.push(TxnResult::Put(KvPair::new(
+                            key.clone(),
+                            value.clone(),
+                            version,
+                        )));
+                    }
+                    TxnOp::Delete { key } => {
+                        if read(key)?.is_some() {
+                            let version = tx.generate_id()? + 1;
+                            let due = expiry.get(&i).copied().unwrap_or(now + TOMBSTONE_GRACE_MS);
+                            tx.insert(self.skey(key), Record::tombstone(version, due).encode())?;
+                        }
+                        out.push(TxnResult::Delete);
+                    }
+                }
+            }
+            Ok(out)
+        });
+        shared.wake_reaper();
+        match res {
+            Ok(out) => Ok(out),
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(map_err("txn", e)),
+        }
+    }
+}
+
+/// Maps stored keys back to relative keys inside watch tasks.
+struct KeyMapper {
+    namespace: String,
+}
+
+impl KeyMapper {
+    fn relative(&self, skey: &[u8]) -> Option<String> {
+        let s = std::str::from_utf8(skey).ok()?;
+        strip_namespace(&self.namespace, s).map(str::to_string)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_forms() {
+        let c = parse_url("sled:///var/lib/x?timeout=2s&flush=false&namespace=app/a").unwrap();
+        assert_eq!(c.path, PathBuf::from("/var/lib/x"));
+        assert_eq!(c.timeout, Duration::from_secs(2));
+        assert!(!c.flush);
+        assert_eq!(c.namespace, "app/a");
+        let c = parse_url("sled://./data/db").unwrap();
+        assert_eq!(c.path, PathBuf::from("data/db"));
+        assert!(c.flush);
+        assert_eq!(c.timeout, DEFAULT_TIMEOUT);
+        for bad in [
+            "sled://",
+            "sled:///",
+            "sled://./",
+            "sled://host/x",
+            "sled:///x?bogus=1",
+            "sled:///x?flush=maybe",
+            "etcd:///x",
+        ] {
+            assert!(
+                matches!(parse_url(bad), Err(Error::Config { .. })),
+                "{bad}: {:?}",
+                parse_url(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn ttl_rounds_up() {
+        assert_eq!(ttl_ms(Duration::from_micros(1)), 1);
+        assert_eq!(ttl_ms(Duration::from_millis(1500)), 1500);
+        assert_eq!(ttl_ms(Duration::from_nanos(1_000_001)), 2);
+    }
+}

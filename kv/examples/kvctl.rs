@@ -48,7 +48,14 @@ async fn main() -> ExitCode {
     }
     let result = match args.first().map(String::as_str) {
         Some("demo") if args.len() == 1 => demo(url).await,
-        Some(cmd) => command(url.unwrap_or_else(|| "sled://./kvctl-data".into()), cmd, &args[1..]).await,
+        Some(cmd) => {
+            command(
+                url.unwrap_or_else(|| "sled://./kvctl-data".into()),
+                cmd,
+                &args[1..],
+            )
+            .await
+        }
         None => return usage(),
     };
     match result {
@@ -65,13 +72,22 @@ async fn command(url: String, cmd: &str, args: &[String]) -> kv::Result<bool> {
     let store = kv::open(&url).await?;
     match (cmd, args) {
         ("put", [key, value]) => {
-            let p = store.put(key, value.as_bytes(), PutOptions::default()).await?;
+            let p = store
+                .put(key, value.as_bytes(), PutOptions::default())
+                .await?;
             println!("{} = {} (version {})", p.key, show(&p.value), p.version);
         }
         ("put", [key, value, flag, ttl]) if flag == "--ttl" => {
             let ttl = kv::url::parse_duration(ttl)?;
-            let p = store.put(key, value.as_bytes(), PutOptions::with_ttl(ttl)).await?;
-            println!("{} = {} (version {}, expires in {ttl:?})", p.key, show(&p.value), p.version);
+            let p = store
+                .put(key, value.as_bytes(), PutOptions::with_ttl(ttl))
+                .await?;
+            println!(
+                "{} = {} (version {}, expires in {ttl:?})",
+                p.key,
+                show(&p.value),
+                p.version
+            );
         }
         ("get", [key]) => match store.get(key).await {
             Ok(p) => println!("{} = {} (version {})", p.key, show(&p.value), p.version),
@@ -92,7 +108,9 @@ async fn command(url: String, cmd: &str, args: &[String]) -> kv::Result<bool> {
             let mut w = store.watch(key).await?;
             while let Some(item) = w.next().await {
                 match item {
-                    Ok(Some(p)) => println!("{} = {} (version {})", p.key, show(&p.value), p.version),
+                    Ok(Some(p)) => {
+                        println!("{} = {} (version {})", p.key, show(&p.value), p.version)
+                    }
                     Ok(None) => println!("{key}: absent"),
                     Err(e) => eprintln!("watch error: {e}"),
                 }
@@ -114,12 +132,25 @@ async fn demo(url: Option<String>) -> kv::Result<bool> {
     println!("backend {} — capabilities: {caps:?}\n", store.backend());
 
     println!("## put / get / list");
-    for (k, v) in [("app/db/host", "10.0.0.5"), ("app/db/port", "5432"), ("app/web/port", "8080")] {
+    for (k, v) in [
+        ("app/db/host", "10.0.0.5"),
+        ("app/db/port", "5432"),
+        ("app/web/port", "8080"),
+    ] {
         let p = store.put(k, v.as_bytes(), PutOptions::default()).await?;
-        println!("put  {:<14} = {:<12} version {}", p.key, show(&p.value), p.version);
+        println!(
+            "put  {:<14} = {:<12} version {}",
+            p.key,
+            show(&p.value),
+            p.version
+        );
     }
     let p = store.get("/app/db/port/").await?;
-    println!("get  /app/db/port/ -> key {:?} = {} (slashes are normalized)", p.key, show(&p.value));
+    println!(
+        "get  /app/db/port/ -> key {:?} = {} (slashes are normalized)",
+        p.key,
+        show(&p.value)
+    );
     match store.get("app/db/user").await {
         Err(Error::NotFound { key }) => println!("get  {key} -> not found"),
         other => println!("get  app/db/user -> unexpected {other:?}"),
@@ -135,7 +166,11 @@ async fn demo(url: Option<String>) -> kv::Result<bool> {
         let mut seen = 0;
         while let Some(item) = watch.next().await {
             match item {
-                Ok(Some(p)) => println!("     watch: app/feature = {} (version {})", show(&p.value), p.version),
+                Ok(Some(p)) => println!(
+                    "     watch: app/feature = {} (version {})",
+                    show(&p.value),
+                    p.version
+                ),
                 Ok(None) => println!("     watch: app/feature is absent"),
                 Err(e) => println!("     watch error: {e}"),
             }
@@ -146,9 +181,13 @@ async fn demo(url: Option<String>) -> kv::Result<bool> {
         }
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    store.put("app/feature", b"on", PutOptions::default()).await?;
+    store
+        .put("app/feature", b"on", PutOptions::default())
+        .await?;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    store.put("app/feature", b"off", PutOptions::default()).await?;
+    store
+        .put("app/feature", b"off", PutOptions::default())
+        .await?;
     tokio::time::sleep(Duration::from_millis(100)).await;
     store.delete("app/feature").await?;
     let _ = tokio::time::timeout(Duration::from_secs(10), watcher).await;
@@ -156,20 +195,32 @@ async fn demo(url: Option<String>) -> kv::Result<bool> {
     if caps.ttl {
         let ttl = caps.min_ttl.max(Duration::from_secs(1));
         println!("\n## TTL: app/session expires after {ttl:?}");
-        store.put("app/session", b"token", PutOptions::with_ttl(ttl)).await?;
+        store
+            .put("app/session", b"token", PutOptions::with_ttl(ttl))
+            .await?;
         println!("     exists now: {}", store.exists("app/session").await?);
         tokio::time::sleep(ttl + Duration::from_millis(300)).await;
-        println!("     exists after {ttl:?}: {}", store.exists("app/session").await?);
+        println!(
+            "     exists after {ttl:?}: {}",
+            store.exists("app/session").await?
+        );
     }
 
     if caps.lock {
         println!("\n## lock");
-        let lock = store.new_lock("app/leader", LockOptions::with_value("node-1")).await?;
-        println!("     node-1 holds app/leader; others read: {}", show(&store.get("app/leader").await?.value));
+        let lock = store
+            .new_lock("app/leader", LockOptions::with_value("node-1"))
+            .await?;
+        println!(
+            "     node-1 holds app/leader; others read: {}",
+            show(&store.get("app/leader").await?.value)
+        );
         let contender = {
             let store = store.clone();
             tokio::spawn(async move {
-                let l = store.new_lock("app/leader", LockOptions::with_value("node-2")).await?;
+                let l = store
+                    .new_lock("app/leader", LockOptions::with_value("node-2"))
+                    .await?;
                 println!("     node-2 acquired app/leader after node-1 unlocked");
                 l.unlock().await
             })
@@ -177,15 +228,27 @@ async fn demo(url: Option<String>) -> kv::Result<bool> {
         tokio::time::sleep(Duration::from_millis(300)).await;
         println!("     node-2 is waiting; node-1 unlocks");
         lock.unlock().await?;
-        contender.await.map_err(|e| Error::config(e.to_string()))??;
+        contender
+            .await
+            .map_err(|e| Error::config(e.to_string()))??;
     }
 
     println!("\n## compare-and-swap");
-    let counter = store.atomic_put("app/counter", b"1", None, PutOptions::default()).await?;
+    let counter = store
+        .atomic_put("app/counter", b"1", None, PutOptions::default())
+        .await?;
     println!("     created app/counter = 1 (version {})", counter.version);
-    let next = store.atomic_put("app/counter", b"2", Some(&counter), PutOptions::default()).await?;
-    println!("     CAS with version {} -> 2 (version {})", counter.version, next.version);
-    match store.atomic_put("app/counter", b"3", Some(&counter), PutOptions::default()).await {
+    let next = store
+        .atomic_put("app/counter", b"2", Some(&counter), PutOptions::default())
+        .await?;
+    println!(
+        "     CAS with version {} -> 2 (version {})",
+        counter.version, next.version
+    );
+    match store
+        .atomic_put("app/counter", b"3", Some(&counter), PutOptions::default())
+        .await
+    {
         Err(e @ Error::KeyModified { .. }) => println!("     CAS with stale version -> {e}"),
         other => println!("     unexpected: {other:?}"),
     }
@@ -194,7 +257,11 @@ async fn demo(url: Option<String>) -> kv::Result<bool> {
         println!("\n## transaction: move 30 from a to b, only if a is unchanged");
         let a = store.put("bank/a", b"100", PutOptions::default()).await?;
         store.put("bank/b", b"0", PutOptions::default()).await?;
-        let txn = Txn::new().when_version("bank/a", a.version).put("bank/a", b"70".to_vec()).put("bank/b", b"30".to_vec()).get("app/db/host");
+        let txn = Txn::new()
+            .when_version("bank/a", a.version)
+            .put("bank/a", b"70".to_vec())
+            .put("bank/b", b"30".to_vec())
+            .get("app/db/host");
         for r in store.txn(txn.clone()).await? {
             match r {
                 TxnResult::Put(p) => println!("     put {} = {}", p.key, show(&p.value)),

@@ -41,8 +41,12 @@ pub use kv_sled as sled;
 pub use kv_zookeeper as zookeeper;
 
 /// Every URL scheme this crate knows, with the cargo feature that enables it.
-pub const SCHEMES: &[(&str, &str)] =
-    &[("sled", "sled"), ("etcd", "etcd"), ("zk", "zookeeper"), ("consul", "consul")];
+pub const SCHEMES: &[(&str, &str)] = &[
+    ("sled", "sled"),
+    ("etcd", "etcd"),
+    ("zk", "zookeeper"),
+    ("consul", "consul"),
+];
 
 /// The URL schemes enabled in this build.
 pub fn available_schemes() -> Vec<&'static str> {
@@ -90,7 +94,11 @@ fn unavailable_scheme(scheme: &str, available: &[&str]) -> Error {
     };
     Error::config(format!(
         "URL scheme {scheme:?} is not available in this build{hint}; available schemes: {}",
-        if available.is_empty() { "none".to_string() } else { available.join(", ") }
+        if available.is_empty() {
+            "none".to_string()
+        } else {
+            available.join(", ")
+        }
     ))
 }
 
@@ -101,7 +109,10 @@ mod tests {
     #[test]
     fn unavailable_scheme_names_feature_and_lists_available() {
         let msg = unavailable_scheme("zk", &["sled"]).to_string();
-        assert!(msg.contains("\"zk\"") && msg.contains("`zookeeper` feature"), "{msg}");
+        assert!(
+            msg.contains("\"zk\"") && msg.contains("`zookeeper` feature"),
+            "{msg}"
+        );
         assert!(msg.ends_with("available schemes: sled"), "{msg}");
         let msg = unavailable_scheme("redis", &["sled", "etcd"]).to_string();
         assert!(!msg.contains("feature"), "{msg}");

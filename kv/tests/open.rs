@@ -33,7 +33,9 @@ async fn unknown_scheme_lists_available_ones() {
 #[tokio::test]
 async fn sled_url_opens_a_working_store() {
     let dir = tempfile::tempdir().unwrap();
-    let store = kv::open(&format!("sled://{}", dir.path().display())).await.unwrap();
+    let store = kv::open(&format!("sled://{}", dir.path().display()))
+        .await
+        .unwrap();
     assert_eq!(store.backend(), "sled");
     let put = store.put("a/b", b"1", PutOptions::default()).await.unwrap();
     let got = store.get("/a/b/").await.unwrap();

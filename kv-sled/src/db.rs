@@ -1,0 +1,362 @@
+//! The database shared by every handle of one path in this process: sled, versions, expiry,
+//! the reaper thread, the watch hub and the lock table.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use kv_core::{Error, Result};
+
+use crate::hub::{spawn_dispatcher, Hub};
+use crate::record::{expiry_key, now_ms, parse_expiry_key, Record};
+use crate::BACKEND;
+
+/// How long a tombstone stays before the reaper removes it physically (ms).
+pub(crate) const TOMBSTONE_GRACE_MS: u64 = 1_000;
+
+/// Maps one sled error to kv's error (the one mapping function of this driver).
+pub(crate) fn map_err(operation: &str, e: sled::Error) -> Error {
+    match e {
+        sled::Error::Io(io) => Error::backend(BACKEND, format!("{operation}: I/O error: {io}"), io),
+        other => Error::Backend {
+            backend: BACKEND,
+            message: format!("{operation}: {other}"),
+            source: Some(Box::new(other)),
+        },
+    }
+}
+
+/// Wake-up signal of the reaper thread.
+#[derive(Default)]
+struct ReaperSignal {
+    dirty: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl ReaperSignal {
+    fn wake(&self) {
+        *self.dirty.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.cv.notify_all();
+    }
+
+    fn wait(&self, timeout: Duration) {
+        let guard = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut guard, _) = self
+            .cv
+            .wait_timeout_while(guard, timeout, |dirty| !*dirty)
+            .unwrap_or_else(|e| e.into_inner());
+        *guard = false;
+    }
+}
+
+/// What a write does once it has seen the current live record (`None`: absent or expired).
+pub(crate) enum Action {
+    /// Write this value with this expiry (unix ms, 0 = none).
+    Put { value: Vec<u8>, expires_at: u64 },
+    /// Replace the record by a tombstone.
+    Delete,
+    /// Write nothing; return `Ok(None)`.
+    Skip,
+}
+
+/// State shared by every handle of one database.
+pub(crate) struct Shared {
+    pub db: sled::Db,
+    pub data: sled::Tree,
+    pub expiry: sled::Tree,
+    pub hub: Arc<Hub>,
+    reaper: Arc<ReaperSignal>,
+    stop: Arc<AtomicBool>,
+    /// Held locks: stored key → holder token.
+    pub locks: Mutex<HashMap<Vec<u8>, u64>>,
+    /// Woken whenever a lock table entry is freed.
+    pub lock_freed: tokio::sync::Notify,
+    /// Open `SledStore` handles on this database (closing the last one releases it).
+    pub handles: std::sync::atomic::AtomicUsize,
+    /// Canonical database directory.
+    pub path: PathBuf,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.reaper.wake();
+        self.hub.shutdown();
+    }
+}
+
+fn registry() -> &'static Mutex<HashMap<PathBuf, Weak<Shared>>> {
+    static R: OnceLock<Mutex<HashMap<PathBuf, Weak<Shared>>>> = OnceLock::new();
+    R.get_or_init(Default::default)
+}
+
+/// Opens (or joins) the database at `path`. Blocking: call from `spawn_blocking`.
+pub(crate) fn open_shared(path: &Path) -> Result<Arc<Shared>> {
+    std::fs::create_dir_all(path).map_err(|e| {
+        Error::config(format!(
+            "cannot create the sled directory {}: {e}",
+            path.display()
+        ))
+    })?;
+    let canonical = path.canonicalize().map_err(|e| {
+        Error::config(format!(
+            "cannot resolve the sled path {}: {e}",
+            path.display()
+        ))
+    })?;
+    // The registry lock is held while opening, so two handles of one path never race.
+    let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
+    let had_entry = match reg.get(&canonical) {
+        Some(w) => match w.upgrade() {
+            Some(shared) => return Ok(shared),
+            None => true,
+        },
+        None => false,
+    };
+    reg.retain(|_, w| w.strong_count() > 0);
+    // A database of this process that was just closed may still be releasing its file lock.
+    let deadline = Instant::now() + Duration::from_secs(if had_entry { 5 } else { 0 });
+    let db = loop {
+        // sled flushes every 500 ms in the background; with `flush` every write also waits
+        // for its own flush (done by the caller).
+        let cfg = sled::Config::new()
+            .path(&canonical)
+            .flush_every_ms(Some(500));
+        match cfg.open() {
+            Ok(db) => break db,
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+                return Err(Error::config(format!(
+                    "the sled database at {} is in use by another process ({e})",
+                    canonical.display()
+                )));
+            }
+            Err(e) => {
+                return Err(map_err(
+                    &format!("open sled database at {}", canonical.display()),
+                    e,
+                ))
+            }
+        }
+    };
+    let data = db
+        .open_tree("kv/records")
+        .map_err(|e| map_err("open tree", e))?;
+    let expiry = db
+        .open_tree("kv/expiry")
+        .map_err(|e| map_err("open tree", e))?;
+    let hub = Arc::new(Hub::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    spawn_dispatcher(hub.clone(), data.watch_prefix(vec![]))
+        .map_err(|e| Error::backend(BACKEND, "cannot start the watch thread", e))?;
+    let shared = Arc::new(Shared {
+        db,
+        data,
+        expiry,
+        hub,
+        reaper: Arc::new(ReaperSignal::default()),
+        stop,
+        locks: Mutex::new(HashMap::new()),
+        lock_freed: tokio::sync::Notify::new(),
+        handles: std::sync::atomic::AtomicUsize::new(0),
+        path: canonical.clone(),
+    });
+    spawn_reaper(&shared)?;
+    reg.insert(canonical, Arc::downgrade(&shared));
+    Ok(shared)
+}
+
+fn spawn_reaper(shared: &Arc<Shared>) -> Result<()> {
+    let weak = Arc::downgrade(shared);
+    let signal = shared.reaper.clone();
+    let stop = shared.stop.clone();
+    std::thread::Builder::new()
+        .name("kv-sled-reaper".into())
+        .spawn(move || loop {
+            if stop.load(Ordering::Acquire) {
+                break;
+            }
+            let wait = match weak.upgrade() {
+                None => break,
+                Some(shared) => shared.reap_due().unwrap_or(Duration::from_millis(200)),
+            };
+            signal.wait(wait.min(Duration::from_secs(1)));
+        })
+        .map(|_| ())
+        .map_err(|e| Error::backend(BACKEND, "cannot start the reaper thread", e))
+}
+
+impl Shared {
+    /// Processes every due expiry entry; returns how long to sleep until the next one.
+    fn reap_due(&self) -> Result<Duration> {
+        loop {
+            let Some(entry) = self.expiry.iter().next() else {
+                return Ok(Duration::from_secs(1));
+            };
+            let (ikey, _) = entry.map_err(|e| map_err("reap", e))?;
+            let Some((due, skey)) = parse_expiry_key(&ikey) else {
+                self.expiry.remove(&ikey).map_err(|e| map_err("reap", e))?;
+                continue;
+            };
+            let now = now_ms();
+            if due > now {
+                return Ok(Duration::from_millis(due - now));
+            }
+            self.reap_key(skey, now)?;
+            self.expiry.remove(&ikey).map_err(|e| map_err("reap", e))?;
+        }
+    }
+
+    /// Expires or removes one stored key if it is due; CAS so a newer write always wins.
+    fn reap_key(&self, skey: &[u8], now: u64) -> Result<()> {
+        loop {
+            let Some(cur) = self.data.get(skey).map_err(|e| map_err("reap", e))? else {
+                return Ok(());
+            };
+            let Ok(rec) = Record::decode(&cur) else {
+                return Ok(());
+            };
+            let new = if rec.tombstone {
+                if rec.expires_at > now {
+                    return Ok(());
+                }
+                None
+            } else if rec.expires_at != 0 && rec.expires_at <= now {
+                let remove_after = now + TOMBSTONE_GRACE_MS;
+                self.index_expiry(remove_after, skey)?;
+                Some(Record::tombstone(self.new_version()?, remove_after).encode())
+            } else {
+                return Ok(());
+            };
+            match self
+                .data
+                .compare_and_swap(skey, Some(&cur), new)
+                .map_err(|e| map_err("reap", e))?
+            {
+                Ok(()) => return Ok(()),
+                Err(_) => continue,
+            }
+        }
+    }
+
+    /// A fresh version: larger than every version handed out before (also across restarts).
+    pub fn new_version(&self) -> Result<u64> {
+        self.db
+            .generate_id()
+            .map(|id| id + 1)
+            .map_err(|e| map_err("generate version", e))
+    }
+
+    /// Adds an expiry index entry (written before its record) and wakes the reaper.
+    pub fn index_expiry(&self, due: u64, skey: &[u8]) -> Result<()> {
+        self.expiry
+            .insert(expiry_key(due, skey), &[])
+            .map_err(|e| map_err("index expiry", e))?;
+        self.reaper.wake();
+        Ok(())
+    }
+
+    /// Wakes the reaper (after a transaction added index entries).
+    pub fn wake_reaper(&self) {
+        self.reaper.wake();
+    }
+
+    /// The live record at `skey`, if any.
+    pub fn read_live(&self, skey: &[u8]) -> Result<Option<Record>> {
+        let now = now_ms();
+        match self.data.get(skey).map_err(|e| map_err("read", e))? {
+            None => Ok(None),
+            Some(b) => Ok(Some(Record::decode(&b)?).filter(|r| r.is_live(now))),
+        }
+    }
+
+    /// Read-modify-write of one key with compare-and-swap; retries on conflict. `decide` sees
+    /// the live record and may fail; returns the record written.
+    pub fn write<F>(&self, skey: &[u8], mut decide: F) -> Result<Option<Record>>
+    where
+        F: FnMut(Option<&Record>) -> Result<Action>,
+    {
+        loop {
+            let cur = self.data.get(skey).map_err(|e| map_err("read", e))?;
+            let now = now_ms();
+            let live = match &cur {
+                None => None,
+                Some(b) => Some(Record::decode(b)?).filter(|r| r.is_live(now)),
+            };
+            let new = match decide(live.as_ref())? {
+                Action::Skip => return Ok(None),
+                Action::Put { value, expires_at } => {
+                    if expires_at != 0 {
+                        self.index_expiry(expires_at, skey)?;
+                    }
+                    // The version is taken after reading, so it beats the record just read.
+                    Record::live(self.new_version()?, expires_at, value)
+                }
+                Action::Delete => {
+                    let remove_after = now + TOMBSTONE_GRACE_MS;
+                    self.index_expiry(remove_after, skey)?;
+                    Record::tombstone(self.new_version()?, remove_after)
+                }
+            };
+            match self
+                .data
+                .compare_and_swap(skey, cur.as_ref(), Some(new.encode()))
+                .map_err(|e| map_err("write", e))?
+            {
+                Ok(()) => return Ok(Some(new)),
+                Err(_) => continue,
+            }
+        }
+    }
+
+    /// Replaces the record at `skey` by `new` only if it still is exactly `old` (no retry).
+    pub fn swap_exact(&self, skey: &[u8], old: &Record, new: Option<&Record>) -> Result<bool> {
+        let old = old.encode();
+        self.data
+            .compare_and_swap(skey, Some(old), new.map(Record::encode))
+            .map(|r| r.is_ok())
+            .map_err(|e| map_err("write", e))
+    }
+
+    /// Flushes to disk (when the store is configured to).
+    pub async fn flush(&self) -> Result<()> {
+        self.db
+            .flush_async()
+            .await
+            .map(|_| ())
+            .map_err(|e| map_err("flush", e))
+    }
+
+    /// Frees the lock table entry of `skey` if `token` holds it, and wakes waiters.
+    pub fn free_lock(&self, skey: &[u8], token: u64) {
+        let mut t = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        if t.get(skey) == Some(&token) {
+            t.remove(skey);
+        }
+        drop(t);
+        self.lock_freed.notify_waiters();
+    }
+}
+
+/// True once no open file description in this process holds sled's lock on the database at
+/// `dir` (probed with a non-blocking `flock`, then unlocked at once).
+pub(crate) fn file_lock_released(dir: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(file) = std::fs::OpenOptions::new().read(true).open(dir.join("db")) else {
+        return true;
+    };
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    unsafe {
+        if libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 {
+            libc::flock(file.as_raw_fd(), libc::LOCK_UN);
+            true
+        } else {
+            false
+        }
+    }
+}
