@@ -50,16 +50,17 @@ pub const SCHEMES: &[(&str, &str)] = &[
 
 /// The URL schemes enabled in this build.
 pub fn available_schemes() -> Vec<&'static str> {
-    let mut v = Vec::new();
-    #[cfg(feature = "sled")]
-    v.push(kv_sled::URL_SCHEME);
-    #[cfg(feature = "etcd")]
-    v.push(kv_etcd::URL_SCHEME);
-    #[cfg(feature = "zookeeper")]
-    v.push(kv_zookeeper::URL_SCHEME);
-    #[cfg(feature = "consul")]
-    v.push(kv_consul::URL_SCHEME);
-    v
+    [
+        #[cfg(feature = "sled")]
+        kv_sled::URL_SCHEME,
+        #[cfg(feature = "etcd")]
+        kv_etcd::URL_SCHEME,
+        #[cfg(feature = "zookeeper")]
+        kv_zookeeper::URL_SCHEME,
+        #[cfg(feature = "consul")]
+        kv_consul::URL_SCHEME,
+    ]
+    .to_vec()
 }
 
 /// Opens a store from a URL, dispatching on its scheme.

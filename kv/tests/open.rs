@@ -1,6 +1,6 @@
 //! `kv::open` dispatch: URLs, schemes and their errors.
 
-use kv::{Error, PutOptions};
+use kv::Error;
 
 #[tokio::test]
 async fn malformed_urls_are_config_errors() {
@@ -37,7 +37,10 @@ async fn sled_url_opens_a_working_store() {
         .await
         .unwrap();
     assert_eq!(store.backend(), "sled");
-    let put = store.put("a/b", b"1", PutOptions::default()).await.unwrap();
+    let put = store
+        .put("a/b", b"1", kv::PutOptions::default())
+        .await
+        .unwrap();
     let got = store.get("/a/b/").await.unwrap();
     assert_eq!(got, put);
     store.close().await.unwrap();
