@@ -448,3 +448,30 @@ pub async fn contention(_store: &dyn Store, ctx: &Ctx) -> Outcome {
     );
     Ok(())
 }
+
+/// A lock on a key that holds a plain value (written by `put`, owned by no lock) is taken at
+/// once: the lock's value replaces it, and unlock removes the key.
+pub async fn replaces_plain_value(store: &dyn Store, ctx: &Ctx) -> Outcome {
+    let other = ctx.open_another().await?;
+    let k = ctx.key("plain");
+    let plain = store.put(&k, b"plain", PutOptions::default()).await?;
+    let l = acquire(
+        &*other,
+        &k,
+        LockOptions::with_value("locked"),
+        "locking a key that holds a plain value",
+    )
+    .await?;
+    let held = crate::state_of(store, &k).await?;
+    check!(
+        matches!(&held, Some((v, ver)) if v == b"locked" && *ver > plain.version),
+        "while locked the key holds {held:?}, expected the lock's value with a version above {}",
+        plain.version
+    );
+    l.unlock().await.ok_or_fail("unlock")?;
+    check!(
+        !store.exists(&k).await?,
+        "the key still exists after unlocking a lock that replaced a plain value"
+    );
+    Ok(())
+}

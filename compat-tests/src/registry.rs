@@ -137,6 +137,11 @@ pub fn scenarios() -> Vec<Scenario> {
         scenario!("lock::ttl_expiry", [Lock], lock::ttl_expiry),
         scenario!("lock::lost_on_delete", [Lock], lock::lost_on_delete),
         scenario!("lock::contention", [Lock], lock::contention),
+        scenario!(
+            "lock::replaces_plain_value",
+            [Lock],
+            lock::replaces_plain_value
+        ),
         scenario!("ttl::expires", [Ttl], ttl::expires),
         scenario!("ttl::below_min_ttl", [Ttl], ttl::below_min_ttl),
         scenario!(

@@ -71,7 +71,7 @@ fn main() {
         .block_on(kv::open(&url))
         .unwrap_or_else(|e| panic!("cannot open the {backend} store at {url}: {e} ({e:?})"));
     let caps = store.capabilities();
-    eprintln!("conformance {backend}: {url}\n  capabilities: {caps:?}");
+    eprintln!("running the conformance suite on {backend} at {url}\n  capabilities: {caps:?}");
 
     let opener: Opener = {
         let url = url.clone();

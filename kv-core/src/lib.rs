@@ -64,7 +64,8 @@
 //! - `new_lock(key, options)` waits until no one holds the lock, takes it, and stores
 //!   `options.value` at `key` (readable by anyone with `get`/`list`/`watch`). Dropping the
 //!   future abandons the attempt and removes what it created. Bound the wait with
-//!   `tokio::time::timeout` if needed.
+//!   `tokio::time::timeout` if needed. A plain value at `key` (written by `put`, held by no
+//!   lock) does not block: the lock's value replaces it.
 //! - While held, the lock renews itself (unless `keep_alive` is `false`, making it a lease
 //!   that ends `ttl` after acquisition). If the holder goes silent (crash, network loss) the
 //!   lock frees itself within about `ttl` (backend precision applies).

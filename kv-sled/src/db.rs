@@ -53,8 +53,12 @@ impl ReaperSignal {
 
 /// What a write does once it has seen the current live record (`None`: absent or expired).
 pub(crate) enum Action {
-    /// Write this value with this expiry (unix ms, 0 = none).
-    Put { value: Vec<u8>, expires_at: u64 },
+    /// Write this value with this expiry (unix ms, 0 = none); `lock` marks a lock record.
+    Put {
+        value: Vec<u8>,
+        expires_at: u64,
+        lock: bool,
+    },
     /// Replace the record by a tombstone.
     Delete,
     /// Write nothing; return `Ok(None)`.
@@ -290,12 +294,19 @@ impl Shared {
             };
             let new = match decide(live.as_ref())? {
                 Action::Skip => return Ok(None),
-                Action::Put { value, expires_at } => {
+                Action::Put {
+                    value,
+                    expires_at,
+                    lock,
+                } => {
                     if expires_at != 0 {
                         self.index_expiry(expires_at, skey)?;
                     }
                     // The version is taken after reading, so it beats the record just read.
-                    Record::live(self.new_version()?, expires_at, value)
+                    Record {
+                        lock,
+                        ..Record::live(self.new_version()?, expires_at, value)
+                    }
                 }
                 Action::Delete => {
                     let remove_after = now + TOMBSTONE_GRACE_MS;

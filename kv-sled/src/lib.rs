@@ -335,6 +335,7 @@ impl Store for SledStore {
                     Ok(Action::Put {
                         value: value.to_vec(),
                         expires_at: exp,
+                        lock: false,
                     })
                 })?
                 .ok_or_else(|| Error::invalid_argument("internal: put wrote nothing"))?;
@@ -540,20 +541,21 @@ impl Store for SledStore {
             written: None,
             armed: true,
         };
-        // 2. Write the lock record once the key holds no live value (a leftover lease of a
-        //    crashed process frees itself at its expiry).
+        // 2. Write the lock record once the key holds no live lock record (a leftover lease of
+        //    a crashed process frees itself at its expiry); a plain value is replaced.
         let mut sub = shared.hub.key(&skey);
         let record = loop {
             let exp = now_ms() + ttl_ms(options.ttl);
             let mut blocked_until = 0;
             let written = shared.write(&skey, |live| match live {
-                Some(r) => {
+                Some(r) if r.lock => {
                     blocked_until = r.expires_at;
                     Ok(Action::Skip)
                 }
-                None => Ok(Action::Put {
+                _ => Ok(Action::Put {
                     value: options.value.clone(),
                     expires_at: exp,
+                    lock: true,
                 }),
             })?;
             if let Some(r) = written {
@@ -676,6 +678,7 @@ impl Store for SledStore {
                     Ok(Action::Put {
                         value: value.to_vec(),
                         expires_at: exp,
+                        lock: false,
                     })
                 })?
                 .ok_or_else(|| Error::invalid_argument("internal: atomic_put wrote nothing"))?;

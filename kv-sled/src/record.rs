@@ -2,7 +2,8 @@
 //!
 //! `expires_at == 0` means "no expiry". A tombstone (flag bit 0) marks a deleted key: it keeps
 //! the key's latest version so watchers can order events, and its `expires_at` is the time
-//! after which the reaper may remove it physically.
+//! after which the reaper may remove it physically. A lock record (flag bit 1) was written by
+//! a lock holder: it blocks other acquirers until it expires, while a plain value does not.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -11,6 +12,7 @@ use kv_core::{Error, Result};
 /// Bytes before the value.
 pub(crate) const HEADER: usize = 17;
 const FLAG_TOMBSTONE: u8 = 1;
+const FLAG_LOCK: u8 = 2;
 
 /// One decoded record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,6 +21,8 @@ pub(crate) struct Record {
     /// Unix milliseconds; 0 = never.
     pub expires_at: u64,
     pub tombstone: bool,
+    /// Written by a lock holder (a live lock record blocks other acquirers until it expires).
+    pub lock: bool,
     pub value: Vec<u8>,
 }
 
@@ -28,6 +32,7 @@ impl Record {
             version,
             expires_at,
             tombstone: false,
+            lock: false,
             value,
         }
     }
@@ -37,6 +42,7 @@ impl Record {
             version,
             expires_at: remove_after,
             tombstone: true,
+            lock: false,
             value: Vec::new(),
         }
     }
@@ -45,7 +51,14 @@ impl Record {
         let mut out = Vec::with_capacity(HEADER + self.value.len());
         out.extend_from_slice(&self.version.to_be_bytes());
         out.extend_from_slice(&self.expires_at.to_be_bytes());
-        out.push(if self.tombstone { FLAG_TOMBSTONE } else { 0 });
+        let mut flags = 0;
+        if self.tombstone {
+            flags |= FLAG_TOMBSTONE;
+        }
+        if self.lock {
+            flags |= FLAG_LOCK;
+        }
+        out.push(flags);
         out.extend_from_slice(&self.value);
         out
     }
@@ -62,7 +75,7 @@ impl Record {
             });
         }
         let flags = bytes[16];
-        if flags & !FLAG_TOMBSTONE != 0 {
+        if flags & !(FLAG_TOMBSTONE | FLAG_LOCK) != 0 {
             return Err(Error::Backend {
                 backend: crate::BACKEND,
                 message: format!("corrupt record: unknown flags {flags:#04x}"),
@@ -73,6 +86,7 @@ impl Record {
             version: u64::from_be_bytes(bytes[0..8].try_into().expect("8 bytes")),
             expires_at: u64::from_be_bytes(bytes[8..16].try_into().expect("8 bytes")),
             tombstone: flags & FLAG_TOMBSTONE != 0,
+            lock: flags & FLAG_LOCK != 0,
             value: bytes[HEADER..].to_vec(),
         })
     }

@@ -1,0 +1,270 @@
+//! Connection settings and URL parsing.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kv_core::retry::DEFAULT_TIMEOUT;
+use kv_core::{ConnectUrl, Error, Result};
+
+use crate::URL_SCHEME;
+
+/// Default client port when a host has none.
+pub const DEFAULT_PORT: u16 = 2379;
+
+/// How to reach an etcd cluster. Build it with [`EtcdConfig::new`] and the `with_*` methods,
+/// or parse a URL with [`EtcdConfig::from_url`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdConfig {
+    /// Client endpoints as `host:port` (a missing port is 2379). Requests are balanced over
+    /// them and fail over when one goes away.
+    pub endpoints: Vec<String>,
+    /// Every key lives under `<namespace>/`; empty for the whole keyspace.
+    pub namespace: String,
+    /// Bound on every call that talks to the server (default [`DEFAULT_TIMEOUT`]).
+    pub timeout: Duration,
+    /// Bound on establishing one TCP/TLS connection (default: the smaller of `timeout` and 5 s).
+    pub connect_timeout: Option<Duration>,
+    /// User name for etcd authentication.
+    pub user: Option<String>,
+    /// Password for etcd authentication.
+    pub password: Option<String>,
+    /// PEM file of the CA that signed the server certificate; enables TLS.
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS (needs `key`).
+    pub cert: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    pub key: Option<PathBuf>,
+    /// Server name to verify instead of the endpoint host (TLS only).
+    pub domain: Option<String>,
+}
+
+impl EtcdConfig {
+    /// Settings for `endpoints` (`host:port`) with defaults: no namespace, default timeout,
+    /// no authentication, plain TCP.
+    pub fn new<S: Into<String>>(endpoints: impl IntoIterator<Item = S>) -> Self {
+        EtcdConfig {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            namespace: String::new(),
+            timeout: DEFAULT_TIMEOUT,
+            connect_timeout: None,
+            user: None,
+            password: None,
+            ca: None,
+            cert: None,
+            key: None,
+            domain: None,
+        }
+    }
+
+    /// Sets the namespace (a key prefix such as `app/config`).
+    pub fn with_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// Sets the per-call timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets user name and password.
+    pub fn with_user(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.user = Some(user.into());
+        self.password = Some(password.into());
+        self
+    }
+
+    /// Enables TLS, trusting `ca` (PEM).
+    pub fn with_ca(mut self, ca: impl Into<PathBuf>) -> Self {
+        self.ca = Some(ca.into());
+        self
+    }
+
+    /// Presents a client certificate (mutual TLS).
+    pub fn with_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.cert = Some(cert.into());
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Parses `etcd://[user:password@]host:port[,host:port...][/namespace][?options]`.
+    /// See the [crate docs](crate) for the options.
+    pub fn from_url(url: &str) -> Result<Self> {
+        let mut u = ConnectUrl::parse(url)?;
+        if u.scheme != URL_SCHEME {
+            return Err(Error::config(format!(
+                "the etcd driver handles {URL_SCHEME}:// URLs, not {}://",
+                u.scheme
+            )));
+        }
+        let mut c = EtcdConfig::new(u.hosts.clone());
+        c.namespace = u.path.clone();
+        if let Some(t) = u.take_duration("timeout")? {
+            c.timeout = t;
+        }
+        c.connect_timeout = u.take_duration("connect_timeout")?;
+        c.user = u.user.clone();
+        c.password = u.password.clone();
+        if let Some(user) = u.take("user") {
+            c.user = Some(user);
+        }
+        if let Some(pw) = u.take("password") {
+            c.password = Some(pw);
+        }
+        c.ca = u.take("ca").map(PathBuf::from);
+        c.cert = u.take("cert").map(PathBuf::from);
+        c.key = u.take("key").map(PathBuf::from);
+        c.domain = u.take("domain");
+        u.finish()?;
+        Ok(c)
+    }
+
+    /// True when any TLS setting is present.
+    pub fn uses_tls(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some() || self.key.is_some() || self.domain.is_some()
+    }
+
+    /// Checks the settings and returns the normalized namespace and full endpoint URLs.
+    pub(crate) fn validate(&self) -> Result<(String, Vec<String>)> {
+        if self.endpoints.is_empty() {
+            return Err(Error::config(
+                "no etcd endpoint given (expected etcd://host:port[,host:port]/namespace)",
+            ));
+        }
+        if self.timeout.is_zero() {
+            return Err(Error::config("timeout must be greater than zero"));
+        }
+        let namespace = kv_core::normalize_prefix(&self.namespace)
+            .map_err(|e| Error::config(format!("bad namespace {:?}: {e}", self.namespace)))?;
+        if self.password.is_some() && self.user.is_none() {
+            return Err(Error::config("a password was given without a user name"));
+        }
+        if self.user.is_some() && self.password.is_none() {
+            return Err(Error::config(format!(
+                "user {:?} was given without a password (etcd://user:password@host/ or ?password=)",
+                self.user.as_deref().unwrap_or_default()
+            )));
+        }
+        if self.cert.is_some() != self.key.is_some() {
+            return Err(Error::config(
+                "TLS options cert= and key= must be given together",
+            ));
+        }
+        if self.uses_tls() {
+            if !cfg!(feature = "tls") {
+                return Err(Error::config(
+                    "TLS options (ca=, cert=, key=, domain=) need the `tls` feature of kv-etcd (or kv)",
+                ));
+            }
+            if self.ca.is_none() {
+                return Err(Error::config(
+                    "TLS needs ca= (the PEM file of the CA that signed the server certificate)",
+                ));
+            }
+        }
+        let scheme = if self.uses_tls() { "https" } else { "http" };
+        let mut urls = Vec::with_capacity(self.endpoints.len());
+        for e in &self.endpoints {
+            let e = e.trim();
+            let hostport = if let Some(rest) = e.strip_prefix("http://") {
+                if self.uses_tls() {
+                    return Err(Error::config(format!(
+                        "endpoint {e:?} is http:// but TLS options are set"
+                    )));
+                }
+                rest
+            } else if let Some(rest) = e.strip_prefix("https://") {
+                if !self.uses_tls() {
+                    return Err(Error::config(format!(
+                        "endpoint {e:?} is https:// but no TLS option (ca=) is set"
+                    )));
+                }
+                rest
+            } else {
+                e
+            };
+            let hostport = hostport.trim_end_matches('/');
+            if hostport.is_empty() || hostport.contains('/') || hostport.contains('@') {
+                return Err(Error::config(format!("bad etcd endpoint {e:?}")));
+            }
+            let port = if hostport.starts_with('[') {
+                hostport.split_once("]:").map(|(_, p)| p)
+            } else {
+                hostport.rsplit_once(':').map(|(_, p)| p)
+            };
+            if let Some(p) = port {
+                if p.parse::<u16>().is_err() {
+                    return Err(Error::config(format!("bad port in etcd endpoint {e:?}")));
+                }
+            }
+            let has_port = port.is_some();
+            if has_port {
+                urls.push(format!("{scheme}://{hostport}"));
+            } else {
+                urls.push(format!("{scheme}://{hostport}:{DEFAULT_PORT}"));
+            }
+        }
+        Ok((namespace, urls))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_url() {
+        let c =
+            EtcdConfig::from_url("etcd://me:p%40ss@h1:2379,h2/app/x?timeout=3s&connect_timeout=1s")
+                .unwrap();
+        assert_eq!(c.endpoints, vec!["h1:2379", "h2"]);
+        assert_eq!(c.namespace, "/app/x");
+        assert_eq!(c.timeout, Duration::from_secs(3));
+        assert_eq!(c.connect_timeout, Some(Duration::from_secs(1)));
+        assert_eq!(c.user.as_deref(), Some("me"));
+        assert_eq!(c.password.as_deref(), Some("p@ss"));
+        let (ns, urls) = c.validate().unwrap();
+        assert_eq!(ns, "app/x");
+        assert_eq!(urls, vec!["http://h1:2379", "http://h2:2379"]);
+    }
+
+    #[test]
+    fn user_option_and_errors() {
+        let c = EtcdConfig::from_url("etcd://h:1/?user=a&password=b").unwrap();
+        assert_eq!(c.user.as_deref(), Some("a"));
+        assert_eq!(c.password.as_deref(), Some("b"));
+        for bad in [
+            "etcd://h:1/?bogus=1",
+            "etcd://h:1/?timeout=soon",
+            "zk://h:1/",
+        ] {
+            assert!(
+                matches!(EtcdConfig::from_url(bad), Err(Error::Config { .. })),
+                "{bad}"
+            );
+        }
+        for bad in [
+            "etcd:///x",
+            "etcd://h:99999/",
+            "etcd://h:1/a//b",
+            "etcd://h:1/?user=a",
+            "etcd://h:1/?cert=/x",
+        ] {
+            let c = EtcdConfig::from_url(bad).unwrap();
+            assert!(matches!(c.validate(), Err(Error::Config { .. })), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tls_option_needs_feature() {
+        let c = EtcdConfig::from_url("etcd://h:1/?ca=/tmp/ca.pem").unwrap();
+        let r = c.validate();
+        if cfg!(feature = "tls") {
+            assert_eq!(r.unwrap().1, vec!["https://h:1"]);
+        } else {
+            let msg = r.unwrap_err().to_string();
+            assert!(msg.contains("`tls` feature"), "{msg}");
+        }
+    }
+}
