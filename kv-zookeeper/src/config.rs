@@ -1,0 +1,262 @@
+//! [`ZkConfig`] and the `zk://` URL.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kv_core::{retry, ConnectUrl, Error, Result};
+
+/// Default ZooKeeper session timeout asked for (the server clamps it to 2..20 ticks).
+pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TLS files (PEM) for a `zk` connection; needs the crate's `tls` feature.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ZkTls {
+    /// CA certificate(s) that sign the server certificate.
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain, for servers that require client authentication.
+    pub cert: Option<PathBuf>,
+    /// Private key of `cert`.
+    pub key: Option<PathBuf>,
+}
+
+/// Configuration of a [`ZkStore`](crate::ZkStore).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ZkConfig {
+    /// Servers, `host:port` each.
+    pub endpoints: Vec<String>,
+    /// Namespace (chroot): every key lives under this znode path (`""` = the server root).
+    pub namespace: String,
+    /// Bound on every call that talks to the server (default [`retry::DEFAULT_TIMEOUT`]).
+    pub timeout: Duration,
+    /// Session timeout asked for (default 10 s; the server clamps it to `2..20 × tickTime`).
+    /// Ephemeral nodes (lock contenders, lock values) of a crashed client vanish that long
+    /// after it went silent.
+    pub session_timeout: Duration,
+    /// Digest credentials (`user`, `password`): sent with `addAuth digest`, and nodes the
+    /// store creates get the `auth` ACL (only this user may access them).
+    pub digest: Option<(String, String)>,
+    /// TLS (rustls); requires the `tls` feature.
+    pub tls: Option<ZkTls>,
+}
+
+impl std::fmt::Debug for ZkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZkConfig")
+            .field("endpoints", &self.endpoints)
+            .field("namespace", &self.namespace)
+            .field("timeout", &self.timeout)
+            .field("session_timeout", &self.session_timeout)
+            .field("digest_user", &self.digest.as_ref().map(|d| &d.0))
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+impl ZkConfig {
+    /// A configuration for `endpoints` (`"h1:2181,h2:2181"` or one host), no namespace.
+    pub fn new(endpoints: impl AsRef<str>) -> Self {
+        ZkConfig {
+            endpoints: endpoints
+                .as_ref()
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            namespace: String::new(),
+            timeout: retry::DEFAULT_TIMEOUT,
+            session_timeout: DEFAULT_SESSION_TIMEOUT,
+            digest: None,
+            tls: None,
+        }
+    }
+
+    /// Sets the namespace (chroot path such as `/app`).
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// Sets the per-call timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets the session timeout asked for.
+    pub fn session_timeout(mut self, timeout: Duration) -> Self {
+        self.session_timeout = timeout;
+        self
+    }
+
+    /// Sets digest credentials.
+    pub fn digest(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.digest = Some((user.into(), password.into()));
+        self
+    }
+
+    /// Enables TLS with these files.
+    pub fn tls(mut self, tls: ZkTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Parses a `zk://` URL; see the [crate docs](crate) for the options.
+    pub fn from_url(url: &str) -> Result<Self> {
+        let mut u = ConnectUrl::parse(url)?;
+        if u.scheme != crate::URL_SCHEME {
+            return Err(Error::config(format!(
+                "a ZooKeeper URL starts with {}://, not {}://",
+                crate::URL_SCHEME,
+                u.scheme
+            )));
+        }
+        if u.hosts.is_empty() {
+            return Err(Error::config(
+                "a zk:// URL needs at least one host:port (zk://127.0.0.1:2181/namespace)",
+            ));
+        }
+        let mut cfg = ZkConfig::new(u.hosts.join(","));
+        cfg.endpoints = u
+            .hosts
+            .iter()
+            .map(|h| {
+                if h.contains(':') {
+                    h.clone()
+                } else {
+                    format!("{h}:2181")
+                }
+            })
+            .collect();
+        cfg.namespace = u.path.clone();
+        if let Some(t) = u.take_duration("timeout")? {
+            cfg.timeout = t;
+        }
+        if let Some(t) = u.take_duration("session_timeout")? {
+            cfg.session_timeout = t;
+        }
+        let digest_opt = u.take("digest");
+        match (u.user.clone(), u.password.clone(), digest_opt) {
+            (Some(_), _, Some(_)) => {
+                return Err(Error::config(
+                    "give digest credentials either as user:password@ in the URL or as digest=, not both",
+                ))
+            }
+            (Some(user), Some(pw), None) => cfg.digest = Some((user, pw)),
+            (Some(user), None, None) => {
+                return Err(Error::config(format!(
+                    "user {user:?} has no password: use zk://user:password@host/..."
+                )))
+            }
+            (None, _, Some(d)) => match d.split_once(':') {
+                Some((user, pw)) if !user.is_empty() => {
+                    cfg.digest = Some((user.to_string(), pw.to_string()))
+                }
+                _ => {
+                    return Err(Error::config(
+                        "option digest: expected user:password",
+                    ))
+                }
+            },
+            (None, _, None) => {}
+        }
+        let ca = u.take("ca").map(PathBuf::from);
+        let cert = u.take("cert").map(PathBuf::from);
+        let key = u.take("key").map(PathBuf::from);
+        let tls_flag = u.take_bool("tls")?;
+        if ca.is_some() || cert.is_some() || key.is_some() || tls_flag == Some(true) {
+            if tls_flag == Some(false) {
+                return Err(Error::config(
+                    "tls=false contradicts the ca=/cert=/key= options",
+                ));
+            }
+            cfg.tls = Some(ZkTls { ca, cert, key });
+        }
+        u.finish()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks the configuration (also done by `connect`).
+    pub fn validate(&self) -> Result<()> {
+        if self.endpoints.is_empty() {
+            return Err(Error::config("no ZooKeeper endpoint given"));
+        }
+        if self.timeout.is_zero() {
+            return Err(Error::config("option timeout: must be more than 0"));
+        }
+        if self.session_timeout < Duration::from_millis(100) {
+            return Err(Error::config(
+                "option session_timeout: must be at least 100ms (servers allow 2..20 ticks)",
+            ));
+        }
+        kv_core::normalize_prefix(&self.namespace).map_err(|e| {
+            Error::config(format!(
+                "namespace {:?} is not a valid path: {e}",
+                self.namespace
+            ))
+        })?;
+        if let Some(tls) = &self.tls {
+            if !cfg!(feature = "tls") {
+                return Err(Error::config(
+                    "TLS options (ca=, cert=, key=, tls=) need kv-zookeeper's `tls` feature (kv's `tls` feature); rebuild with it enabled",
+                ));
+            }
+            if tls.cert.is_some() != tls.key.is_some() {
+                return Err(Error::config(
+                    "options cert= and key= go together (client certificate and its key)",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_url() {
+        let c = ZkConfig::from_url("zk://h1:2181,h2/app/x?timeout=3s&session_timeout=4s").unwrap();
+        assert_eq!(c.endpoints, vec!["h1:2181", "h2:2181"]);
+        assert_eq!(c.namespace, "/app/x");
+        assert_eq!(c.timeout, Duration::from_secs(3));
+        assert_eq!(c.session_timeout, Duration::from_secs(4));
+        assert!(c.digest.is_none());
+        let c = ZkConfig::from_url("zk://me:p%40ss@h1:2181").unwrap();
+        assert_eq!(c.digest, Some(("me".into(), "p@ss".into())));
+        let c = ZkConfig::from_url("zk://h1:2181/?digest=u:p").unwrap();
+        assert_eq!(c.digest, Some(("u".into(), "p".into())));
+        assert!(format!("{c:?}").find("\"p\"").is_none());
+    }
+
+    #[test]
+    fn bad_urls_are_config_errors() {
+        for bad in [
+            "zk:///app",
+            "zk://h:1/?bogus=1",
+            "zk://h:1/?timeout=0s",
+            "zk://h:1/?digest=nocolon",
+            "zk://u@h:1/",
+            "etcd://h:1/",
+            "zk://h:1/a//b",
+            "zk://h:1/?cert=/x",
+        ] {
+            assert!(
+                matches!(ZkConfig::from_url(bad), Err(Error::Config { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn tls_needs_feature() {
+        let r = ZkConfig::from_url("zk://h:1/?ca=/tmp/ca.pem");
+        if cfg!(feature = "tls") {
+            assert!(r.unwrap().tls.is_some());
+        } else {
+            let msg = r.unwrap_err().to_string();
+            assert!(msg.contains("tls"), "{msg}");
+        }
+    }
+}
