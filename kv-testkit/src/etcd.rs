@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::{free_port, require_binary, temp_dir, ServerProcess};
+use crate::{free_port, log_tail, require_binary, temp_dir, ServerProcess};
 
 /// Install hint printed when etcd is missing.
 pub const INSTALL_HINT: &str = "apt-get install -y etcd-server etcd-client";
@@ -61,7 +61,7 @@ pub struct EtcdServer {
     pub data_dir: PathBuf,
     /// Log file.
     pub log: PathBuf,
-    process: Option<ServerProcess>,
+    process: ServerProcess,
     options: EtcdOptions,
     initial_cluster: String,
     cluster_token: String,
@@ -115,7 +115,7 @@ impl EtcdServer {
             peer_port,
             data_dir: dir.path().join("data"),
             log: dir.path().join("etcd.log"),
-            process: None,
+            process: ServerProcess::not_started(&format!("etcd {name}")),
             options,
             initial_cluster,
             cluster_token,
@@ -125,11 +125,7 @@ impl EtcdServer {
 
     /// The scheme clients use: `https` with TLS, else `http`.
     pub fn scheme(&self) -> &'static str {
-        if self.options.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        }
+        scheme(self.options.tls.as_ref())
     }
 
     /// `127.0.0.1:PORT` of the client listener.
@@ -186,33 +182,21 @@ impl EtcdServer {
                 cmd.env_remove(k);
             }
         }
-        let stdout_log = self.dir.path().join("etcd.stdout");
-        self.process = Some(ServerProcess::spawn(
+        self.process = ServerProcess::spawn(
             &format!("etcd {}", self.name),
             cmd,
-            Some(&stdout_log),
-        ));
+            Some(&self.stdout_log()),
+        );
+    }
+
+    /// Where etcd's stdout/stderr go (next to the zap log).
+    fn stdout_log(&self) -> PathBuf {
+        self.dir.path().join("etcd.stdout")
     }
 
     /// An `etcdctl` command (API v3) aimed at this member, with its TLS files if any.
     pub fn etcdctl(&self) -> Command {
-        let mut cmd = Command::new("etcdctl");
-        cmd.env("ETCDCTL_API", "3")
-            .arg(format!(
-                "--endpoints={}://{}",
-                self.scheme(),
-                self.endpoint()
-            ))
-            .arg("--command-timeout=5s")
-            .arg("--dial-timeout=2s");
-        if let Some(tls) = &self.options.tls {
-            cmd.arg(format!("--cacert={}", tls.ca.display()));
-            if let (Some(c), Some(k)) = (&tls.client_cert, &tls.client_key) {
-                cmd.arg(format!("--cert={}", c.display()))
-                    .arg(format!("--key={}", k.display()));
-            }
-        }
-        cmd
+        etcdctl(self.client_port, self.options.tls.as_ref())
     }
 
     /// Runs `etcdctl ARGS` against this member; returns stdout or panics with stderr.
@@ -222,11 +206,7 @@ impl EtcdServer {
 
     /// True when `etcdctl endpoint health` reports this member healthy.
     pub fn is_healthy(&self) -> bool {
-        self.etcdctl()
-            .args(["endpoint", "health"])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
+        endpoint_healthy(self.etcdctl())
     }
 
     /// True when this member reports itself as the raft leader (`etcdctl endpoint status`).
@@ -248,82 +228,19 @@ impl EtcdServer {
 
     /// The last `lines` lines of the server log.
     pub fn log_tail(&self, lines: usize) -> String {
-        let mut text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        text.push_str(
-            &std::fs::read_to_string(self.dir.path().join("etcd.stdout")).unwrap_or_default(),
-        );
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        log_tail(&[&self.log, &self.stdout_log()], lines)
     }
 
     /// Waits until healthy; panics (with the log tail) on deadline or early exit.
     pub async fn wait_healthy(&mut self) {
-        let start = Instant::now();
-        loop {
-            if let Some(p) = self.process.as_mut() {
-                if !p.is_running() {
-                    panic!(
-                        "etcd {} exited during start-up; log tail:\n{}",
-                        self.name,
-                        self.log_tail(40)
-                    );
-                }
-            }
-            let ok = {
-                let mut cmd = self.etcdctl();
-                cmd.args(["endpoint", "health"]);
-                tokio::task::spawn_blocking(move || {
-                    cmd.output().map(|o| o.status.success()).unwrap_or(false)
-                })
-                .await
-                .unwrap_or(false)
-            };
-            if ok {
-                return;
-            }
-            if start.elapsed() > START_DEADLINE {
-                panic!(
-                    "etcd {} not healthy after {START_DEADLINE:?}; log tail:\n{}",
-                    self.name,
-                    self.log_tail(40)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Process id (0 when not running).
-    pub fn pid(&self) -> u32 {
-        self.process.as_ref().map(|p| p.pid()).unwrap_or(0)
-    }
-
-    /// True while the process runs.
-    pub fn is_running(&mut self) -> bool {
+        let stdout_log = self.stdout_log();
+        let (port, tls) = (self.client_port, self.options.tls.as_ref());
         self.process
-            .as_mut()
-            .map(|p| p.is_running())
-            .unwrap_or(false)
-    }
-
-    /// SIGKILLs the member (data dir kept).
-    pub fn kill(&mut self) {
-        if let Some(mut p) = self.process.take() {
-            p.kill();
-        }
-    }
-
-    /// Freezes the member (SIGSTOP).
-    pub fn pause(&self) {
-        if let Some(p) = &self.process {
-            p.pause();
-        }
-    }
-
-    /// Resumes a frozen member (SIGCONT).
-    pub fn resume(&self) {
-        if let Some(p) = &self.process {
-            p.resume();
-        }
+            .wait_ready("healthy", START_DEADLINE, &[&self.log, &stdout_log], || {
+                let cmd = etcdctl(port, tls);
+                move || endpoint_healthy(cmd)
+            })
+            .await;
     }
 
     /// Restarts a killed member on its data dir (`--initial-cluster-state existing`) and waits
@@ -339,6 +256,46 @@ impl EtcdServer {
         self.kill();
         self.spawn("existing");
     }
+}
+
+process_controls!(EtcdServer);
+
+/// `https` with TLS, else `http`.
+fn scheme(tls: Option<&EtcdTls>) -> &'static str {
+    if tls.is_some() {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+/// An `etcdctl` command (API v3) aimed at `127.0.0.1:client_port`, with `tls` files if any.
+fn etcdctl(client_port: u16, tls: Option<&EtcdTls>) -> Command {
+    let mut cmd = Command::new("etcdctl");
+    cmd.env("ETCDCTL_API", "3")
+        .arg(format!(
+            "--endpoints={}://127.0.0.1:{client_port}",
+            scheme(tls)
+        ))
+        .arg("--command-timeout=5s")
+        .arg("--dial-timeout=2s");
+    if let Some(tls) = tls {
+        cmd.arg(format!("--cacert={}", tls.ca.display()));
+        if let (Some(c), Some(k)) = (&tls.client_cert, &tls.client_key) {
+            cmd.arg(format!("--cert={}", c.display()))
+                .arg(format!("--key={}", k.display()));
+        }
+    }
+    cmd
+}
+
+/// Runs `etcdctl endpoint health` (blocking): true when the member reports itself healthy.
+fn endpoint_healthy(mut etcdctl: Command) -> bool {
+    etcdctl
+        .args(["endpoint", "health"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 impl Drop for EtcdServer {

@@ -3,13 +3,16 @@
 //! - [`free_port`]: a loopback port nobody listens on;
 //! - [`wait_until`]: poll a condition with a generous deadline instead of sleeping;
 //! - [`ServerProcess`]: a server child process killed when dropped, with SIGSTOP/SIGCONT/SIGKILL;
-//! - [`require_binary`]: find a server binary, failing loudly when `KV_REQUIRE_SERVERS=1`.
+//! - [`require_binary`]: find a server binary, failing loudly when `KV_REQUIRE_SERVERS=1`;
+//! - [`ServerProcess::wait_ready`] and [`log_tail`]: what every launcher does while its server
+//!   starts (poll a health probe, fail fast with the log tail if the process dies).
 //!
-//! Server launchers for each backend live in their own modules.
+//! Server launchers for each backend live in their own modules; [`bench`] is the measuring
+//! harness of the `vs_raw` benchmarks.
 
 use std::future::Future;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -41,8 +44,10 @@ where
 
 /// True when the test run must have real servers (set by `scripts/test` and CI).
 pub fn servers_required() -> bool {
-    matches!(std::env::var("KV_REQUIRE_SERVERS").as_deref(), Ok("1") | Ok("true"))
-        || std::env::var_os("CI").is_some()
+    matches!(
+        std::env::var("KV_REQUIRE_SERVERS").as_deref(),
+        Ok("1") | Ok("true")
+    ) || std::env::var_os("CI").is_some()
 }
 
 /// Finds `name` on `PATH` (or at an absolute path). When missing: panics if servers are
@@ -53,7 +58,9 @@ pub fn require_binary(name: &str, install_hint: &str) -> Option<PathBuf> {
         p.exists().then_some(p)
     } else {
         std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file())
+            std::env::split_paths(&paths)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
         })
     };
     match found {
@@ -72,7 +79,10 @@ pub fn require_binary(name: &str, install_hint: &str) -> Option<PathBuf> {
 
 /// A fresh temporary directory named after `tag`.
 pub fn temp_dir(tag: &str) -> tempfile::TempDir {
-    tempfile::Builder::new().prefix(&format!("kv-{tag}-")).tempdir().expect("create temp dir")
+    tempfile::Builder::new()
+        .prefix(&format!("kv-{tag}-"))
+        .tempdir()
+        .expect("create temp dir")
 }
 
 /// A server child process; SIGKILLed (and reaped) on drop.
@@ -101,10 +111,22 @@ impl ServerProcess {
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        ServerProcess { name: name.to_string(), child: Some(child) }
+        ServerProcess {
+            name: name.to_string(),
+            child: Some(child),
+        }
     }
 
-    /// Process id.
+    /// A launcher's process before its first start: not running, pid 0; signals and `kill` do
+    /// nothing, and [`ServerProcess::wait_ready`] does not fail fast on it.
+    pub fn not_started(name: &str) -> Self {
+        ServerProcess {
+            name: name.to_string(),
+            child: None,
+        }
+    }
+
+    /// Process id (0 when not running).
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
@@ -153,6 +175,53 @@ impl ServerProcess {
             let _ = c.wait();
         }
     }
+
+    /// Waits until the server is `ready` (a word for messages: "healthy", "serving"): every
+    /// 100 ms, `probe` makes a blocking check that runs on tokio's blocking pool, until one
+    /// returns true. Panics with the last 40 lines of `logs` when the (started) process exits
+    /// first or after `deadline`.
+    pub async fn wait_ready<Q>(
+        &mut self,
+        ready: &str,
+        deadline: Duration,
+        logs: &[&Path],
+        mut probe: impl FnMut() -> Q,
+    ) where
+        Q: FnOnce() -> bool + Send + 'static,
+    {
+        let start = Instant::now();
+        loop {
+            if self.child.is_some() && !self.is_running() {
+                panic!(
+                    "{} exited during start-up; log tail:\n{}",
+                    self.name,
+                    log_tail(logs, 40)
+                );
+            }
+            if tokio::task::spawn_blocking(probe()).await.unwrap_or(false) {
+                return;
+            }
+            if start.elapsed() > deadline {
+                panic!(
+                    "{} not {ready} after {deadline:?}; log tail:\n{}",
+                    self.name,
+                    log_tail(logs, 40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The last `lines` lines of the text of `files` read one after another (a missing file reads
+/// as empty).
+pub fn log_tail(files: &[&Path], lines: usize) -> String {
+    let mut text = String::new();
+    for f in files {
+        text.push_str(&std::fs::read_to_string(f).unwrap_or_default());
+    }
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 impl Drop for ServerProcess {
@@ -169,13 +238,112 @@ impl Drop for ServerProcess {
 
 /// Runs a shell command to completion and returns its stdout; panics with stderr on failure.
 pub fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     if !out.status.success() {
         panic!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Gives a launcher whose server runs in its `process: ServerProcess` field the process
+/// controls tests use: `pid`, `is_running`, `kill`, `pause`, `resume`.
+macro_rules! process_controls {
+    ($launcher:ty) => {
+        impl $launcher {
+            /// Process id (0 when not running).
+            pub fn pid(&self) -> u32 {
+                self.process.pid()
+            }
+
+            /// True while the process runs.
+            pub fn is_running(&mut self) -> bool {
+                self.process.is_running()
+            }
+
+            /// SIGKILLs the server and waits for it to exit (its data directory is kept).
+            pub fn kill(&mut self) {
+                self.process.kill()
+            }
+
+            /// Freezes the server (SIGSTOP).
+            pub fn pause(&self) {
+                self.process.pause()
+            }
+
+            /// Resumes a frozen server (SIGCONT).
+            pub fn resume(&self) {
+                self.process.resume()
+            }
+        }
+    };
+}
+
+pub mod bench;
+pub mod consul;
 pub mod etcd;
 pub mod zookeeper;
-pub mod consul;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(script);
+        cmd
+    }
+
+    #[test]
+    fn log_tail_reads_files_in_order() {
+        let dir = temp_dir("log-tail");
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, "1\n2\n3\n").unwrap();
+        std::fs::write(&b, "4\n5\n").unwrap();
+        let missing = dir.path().join("missing");
+        assert_eq!(log_tail(&[&a, &missing, &b], 3), "3\n4\n5");
+        assert_eq!(log_tail(&[&a], 10), "1\n2\n3");
+    }
+
+    #[tokio::test]
+    async fn wait_ready_returns_once_the_probe_passes() {
+        let mut p = ServerProcess::spawn("sleeper", sh("sleep 30"), None);
+        let mut calls = 0;
+        p.wait_ready("ready", Duration::from_secs(30), &[], || {
+            calls += 1;
+            let ok = calls >= 3;
+            move || ok
+        })
+        .await;
+        assert_eq!(calls, 3);
+        assert!(p.is_running());
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "quitter exited during start-up; log tail:\nboom")]
+    async fn wait_ready_fails_fast_with_the_log_tail_when_the_process_dies() {
+        let dir = temp_dir("wait-ready");
+        let log = dir.path().join("log");
+        let mut p = ServerProcess::spawn("quitter", sh("echo boom; exit 3"), Some(&log));
+        p.wait_ready("ready", Duration::from_secs(60), &[&log], || || false)
+            .await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "sleeper not serving after 300ms")]
+    async fn wait_ready_panics_after_the_deadline() {
+        let mut p = ServerProcess::spawn("sleeper", sh("sleep 30"), None);
+        p.wait_ready("serving", Duration::from_millis(300), &[], || || false)
+            .await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "never not ready after 300ms")]
+    async fn wait_ready_on_a_process_never_started_waits_for_the_deadline() {
+        let mut p = ServerProcess::not_started("never");
+        assert_eq!((p.pid(), p.is_running()), (0, false));
+        p.wait_ready("ready", Duration::from_millis(300), &[], || || false)
+            .await;
+    }
+}

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::{free_port, require_binary, temp_dir, ServerProcess};
+use crate::{free_port, log_tail, require_binary, temp_dir, ServerProcess};
 
 /// The ZooKeeper server jar of the Debian package.
 pub const ZOOKEEPER_JAR: &str = "/usr/share/java/zookeeper.jar";
@@ -122,7 +122,7 @@ pub struct ZkServer {
     dir: PathBuf,
     cfg: PathBuf,
     log: PathBuf,
-    process: Option<ServerProcess>,
+    process: ServerProcess,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -186,7 +186,7 @@ impl ZkServer {
             dir: tmp.path().to_path_buf(),
             log: tmp.path().join("zk.log"),
             cfg,
-            process: None,
+            process: ServerProcess::not_started("zookeeper"),
             _tmp: Some(tmp),
         };
         s.spawn();
@@ -205,7 +205,7 @@ impl ZkServer {
             .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
             .arg(&self.cfg)
             .current_dir(&self.dir);
-        self.process = Some(ServerProcess::spawn("zookeeper", cmd, Some(&self.log)));
+        self.process = ServerProcess::spawn("zookeeper", cmd, Some(&self.log));
     }
 
     /// `127.0.0.1:port` of the plain-text client port.
@@ -228,9 +228,7 @@ impl ZkServer {
 
     /// The last `lines` lines of the server log.
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        log_tail(&[&self.log], lines)
     }
 
     /// The server's `Mode:` (`standalone`, `leader`, `follower`) if it serves.
@@ -241,63 +239,12 @@ impl ZkServer {
     /// Waits (up to 60 s) until the server serves; panics with the log tail if it dies or
     /// does not come up.
     pub async fn wait_serving(&mut self) {
-        let start = Instant::now();
-        loop {
-            if let Some(p) = self.process.as_mut() {
-                if !p.is_running() {
-                    panic!("zookeeper exited early; log tail:\n{}", self.log_tail(40));
-                }
-            }
-            let port = self.port;
-            let m = tokio::task::spawn_blocking(move || mode(port))
-                .await
-                .ok()
-                .flatten();
-            if m.is_some() {
-                return;
-            }
-            if start.elapsed() > Duration::from_secs(60) {
-                panic!(
-                    "zookeeper did not serve within 60 s; log tail:\n{}",
-                    self.log_tail(40)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Process id (0 when stopped).
-    pub fn pid(&self) -> u32 {
-        self.process.as_ref().map(|p| p.pid()).unwrap_or(0)
-    }
-
-    /// True while the process runs.
-    pub fn is_running(&mut self) -> bool {
+        let port = self.port;
         self.process
-            .as_mut()
-            .map(|p| p.is_running())
-            .unwrap_or(false)
-    }
-
-    /// SIGKILLs the server.
-    pub fn kill(&mut self) {
-        if let Some(mut p) = self.process.take() {
-            p.kill();
-        }
-    }
-
-    /// Freezes the server (SIGSTOP).
-    pub fn pause(&self) {
-        if let Some(p) = self.process.as_ref() {
-            p.pause()
-        }
-    }
-
-    /// Resumes a frozen server (SIGCONT).
-    pub fn resume(&self) {
-        if let Some(p) = self.process.as_ref() {
-            p.resume()
-        }
+            .wait_ready("serving", Duration::from_secs(60), &[&self.log], || {
+                move || mode(port).is_some()
+            })
+            .await;
     }
 
     /// Starts the process again (same ports and data) without waiting.
@@ -313,6 +260,8 @@ impl ZkServer {
         self.wait_serving().await;
     }
 }
+
+process_controls!(ZkServer);
 
 /// A 3-node ensemble on loopback.
 pub struct ZkEnsemble {
@@ -345,7 +294,7 @@ impl ZkEnsemble {
                 log: dir.join("zk.log"),
                 dir,
                 cfg,
-                process: None,
+                process: ServerProcess::not_started("zookeeper"),
                 _tmp: None,
             });
         }

@@ -1,0 +1,473 @@
+//! The measuring harness of the `vs_raw` benchmarks (kv driver versus the raw client library on
+//! the same server).
+//!
+//! - [`seq`] / [`par`] time one run of an operation: a sequential loop, or `tasks` spawned tokio
+//!   tasks sharing the operations; each gives a [`Sample`] (operations, wall time, CPU time);
+//! - [`alternate`] runs kv and raw in rounds, swapping who goes first every round so drift in
+//!   machine load hits both sides alike, and keeps every [`Rounds`] sample for the statistics
+//!   (best, total-time, median ratio, CPU per operation);
+//! - [`Report`] prints the table: per workload kv ops/s, raw ops/s, kv ÷ raw and extra columns.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use kv_testkit::bench::{self, Report};
+//! let n = bench::env_usize("KV_BENCH_N", 2000);
+//! let rounds = bench::alternate(
+//!     5,
+//!     || bench::seq(n, |i| async move { /* one kv operation on key i */ }),
+//!     || bench::seq(n, |i| async move { /* the same with the raw client */ }),
+//! )
+//! .await;
+//! let (kv, raw) = rounds.best_rates();
+//! let report = Report::markdown(["workload", "kv ops/s", "raw ops/s", "kv / raw"]);
+//! report.print_header();
+//! report.row("sequential put", kv, raw, &[]);
+//! # }
+//! ```
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// `name` parsed as a number, or `default` when unset or not a number (e.g. `KV_BENCH_N`).
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The server to measure: the value of the environment variable `env` (endpoints) when set and
+/// not blank; otherwise the endpoint of the server `start` launches, returned with the server,
+/// which runs as long as the caller keeps it. `None` when `start` gives no server (not installed:
+/// the launcher has printed why).
+pub async fn endpoint_or_start<S>(
+    env: &str,
+    start: impl Future<Output = Option<S>>,
+    endpoint: impl FnOnce(&S) -> String,
+) -> Option<(String, Option<S>)> {
+    match std::env::var(env) {
+        Ok(e) if !e.trim().is_empty() => Some((e, None)),
+        _ => {
+            let server = start.await?;
+            Some((endpoint(&server), Some(server)))
+        }
+    }
+}
+
+/// CPU time (user + system, every thread) this process has used so far.
+pub fn cpu_time() -> Duration {
+    // SAFETY: getrusage fills the struct we pass; no other preconditions.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// One timed run.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    /// Operations done.
+    pub ops: usize,
+    /// Wall-clock time they took.
+    pub wall: Duration,
+    /// CPU time the whole process used meanwhile.
+    pub cpu: Duration,
+}
+
+impl Sample {
+    /// Operations per second.
+    pub fn rate(&self) -> f64 {
+        self.ops as f64 / self.wall.as_secs_f64()
+    }
+}
+
+/// Times `run`, which does `ops` operations.
+pub async fn measure(ops: usize, run: impl Future<Output = ()>) -> Sample {
+    let cpu = cpu_time();
+    let start = Instant::now();
+    run.await;
+    let wall = start.elapsed();
+    Sample {
+        ops,
+        wall,
+        cpu: cpu_time() - cpu,
+    }
+}
+
+/// Times `op(0)`, `op(1)`, ... `op(n - 1)` awaited one after another on the calling task.
+pub async fn seq<F, Fut>(n: usize, mut op: F) -> Sample
+where
+    F: FnMut(usize) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    measure(n, async {
+        for i in 0..n {
+            op(i).await;
+        }
+    })
+    .await
+}
+
+/// `n` rounded down to a whole number of operations per task, at least one each (`n` itself
+/// for a single task).
+pub fn round_to_tasks(n: usize, tasks: usize) -> usize {
+    if tasks == 1 {
+        n
+    } else {
+        (n / tasks).max(1) * tasks
+    }
+}
+
+/// Times `tasks` spawned tokio tasks running `n / tasks` operations each, concurrently: task `t`
+/// awaits `op(t, 0)`, `op(t, 1)`, ... in turn. The sample counts `(n / tasks) * tasks`
+/// operations. Futures are spawned, so `op` gives each its own handles (e.g. an `Arc` clone).
+pub async fn par<F, Fut>(n: usize, tasks: usize, op: F) -> Sample
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let per = n / tasks;
+    let op = Arc::new(op);
+    measure(per * tasks, async {
+        let handles: Vec<_> = (0..tasks)
+            .map(|t| {
+                let op = op.clone();
+                tokio::spawn(async move {
+                    for i in 0..per {
+                        op(t, i).await;
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.await.unwrap();
+        }
+    })
+    .await
+}
+
+/// The samples of [`alternate`]: one kv and one raw per round.
+#[derive(Clone, Debug, Default)]
+pub struct Rounds {
+    /// kv's samples, in round order.
+    pub kv: Vec<Sample>,
+    /// raw's samples, in round order.
+    pub raw: Vec<Sample>,
+}
+
+/// Runs `rounds` rounds of one `kv()` and one `raw()` run each: kv first in even rounds, raw
+/// first in odd ones, so drift in machine load hits both sides alike.
+pub async fn alternate<K, KFut, R, RFut>(rounds: usize, mut kv: K, mut raw: R) -> Rounds
+where
+    K: FnMut() -> KFut,
+    KFut: Future<Output = Sample>,
+    R: FnMut() -> RFut,
+    RFut: Future<Output = Sample>,
+{
+    let mut out = Rounds::default();
+    for r in 0..rounds {
+        let (k, w) = if r % 2 == 0 {
+            let k = kv().await;
+            (k, raw().await)
+        } else {
+            let w = raw().await;
+            (kv().await, w)
+        };
+        out.kv.push(k);
+        out.raw.push(w);
+    }
+    out
+}
+
+impl Rounds {
+    /// The best round's rate of each side: `(kv, raw)` ops/s.
+    pub fn best_rates(&self) -> (f64, f64) {
+        let best = |s: &[Sample]| s.iter().map(Sample::rate).fold(0.0, f64::max);
+        (best(&self.kv), best(&self.raw))
+    }
+
+    /// Each side's rate over all its rounds taken as one run of equal-length parts (rounds
+    /// divided by the sum of per-round seconds per operation): `(kv, raw)` ops/s.
+    pub fn overall_rates(&self) -> (f64, f64) {
+        let overall = |s: &[Sample]| s.len() as f64 / s.iter().map(|x| 1.0 / x.rate()).sum::<f64>();
+        (overall(&self.kv), overall(&self.raw))
+    }
+
+    /// The median over rounds of kv's rate ÷ raw's rate (the upper one of an even count).
+    pub fn median_ratio(&self) -> f64 {
+        let mut ratios: Vec<f64> = self
+            .kv
+            .iter()
+            .zip(&self.raw)
+            .map(|(k, w)| k.rate() / w.rate())
+            .collect();
+        ratios.sort_by(|a, b| a.total_cmp(b));
+        ratios[ratios.len() / 2]
+    }
+
+    /// Process CPU time per operation over all rounds of each side: `(kv, raw)` µs/op.
+    pub fn cpu_us_per_op(&self) -> (f64, f64) {
+        let per_op = |s: &[Sample]| {
+            let cpu: Duration = s.iter().map(|x| x.cpu).sum();
+            let ops: usize = s.iter().map(|x| x.ops).sum();
+            cpu.as_secs_f64() * 1e6 / ops as f64
+        };
+        (per_op(&self.kv), per_op(&self.raw))
+    }
+}
+
+/// How a [`Report`] lays its table out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// A Markdown table (`| a | b |` rows under a `|---|` line).
+    Markdown,
+    /// Plain columns: the workload left-aligned in `name_width` characters, numbers
+    /// right-aligned (12 characters for rates, 8 or the title's length for the others).
+    Aligned {
+        /// Width of the workload column.
+        name_width: usize,
+    },
+}
+
+struct Column {
+    title: String,
+    decimals: usize,
+    width: usize,
+}
+
+/// A kv-versus-raw table: a row per workload with kv ops/s, raw ops/s, kv ÷ raw and any extra
+/// columns added with [`Report::column`].
+pub struct Report {
+    layout: Layout,
+    workload: String,
+    columns: Vec<Column>,
+}
+
+impl Report {
+    /// A table in `layout` whose first four column titles are `titles`: the workload, kv ops/s,
+    /// raw ops/s and kv ÷ raw.
+    pub fn new(layout: Layout, titles: [&str; 4]) -> Report {
+        let [workload, kv, raw, ratio] = titles;
+        let report = Report {
+            layout,
+            workload: workload.to_string(),
+            columns: Vec::new(),
+        };
+        report.with(kv, 0, 12).with(raw, 0, 12).with(ratio, 2, 8)
+    }
+
+    /// The Markdown table of a best-of-rounds benchmark, filled with
+    /// [`Report::best_of_rounds_row`]: each side's best round (kv ops/s, raw ops/s, kv ÷ raw),
+    /// the median of the per-round ratios and each side's process CPU µs per operation.
+    pub fn best_of_rounds() -> Report {
+        Report::markdown([
+            "workload",
+            "kv ops/s (best)",
+            "raw ops/s (best)",
+            "kv / raw (best)",
+        ])
+        .column("kv / raw (median of rounds)", 2)
+        .column("kv client CPU µs/op", 1)
+        .column("raw client CPU µs/op", 1)
+    }
+
+    /// Prints the row of workload `name` of a [`Report::best_of_rounds`] table.
+    pub fn best_of_rounds_row(&self, name: &str, rounds: &Rounds) {
+        let (kv, raw) = rounds.best_rates();
+        let (kv_cpu, raw_cpu) = rounds.cpu_us_per_op();
+        self.row(name, kv, raw, &[rounds.median_ratio(), kv_cpu, raw_cpu]);
+    }
+
+    /// [`Report::new`] with [`Layout::Markdown`].
+    pub fn markdown(titles: [&str; 4]) -> Report {
+        Report::new(Layout::Markdown, titles)
+    }
+
+    /// Adds a column after the others, printed with `decimals` decimals.
+    pub fn column(self, title: &str, decimals: usize) -> Report {
+        self.with(title, decimals, 8)
+    }
+
+    fn with(mut self, title: &str, decimals: usize, width: usize) -> Report {
+        let width = width.max(title.chars().count());
+        self.columns.push(Column {
+            title: title.to_string(),
+            decimals,
+            width,
+        });
+        self
+    }
+
+    fn line(&self, name: &str, cells: Vec<String>) -> String {
+        match self.layout {
+            Layout::Markdown => format!("| {name} | {} |", cells.join(" | ")),
+            Layout::Aligned { name_width } => {
+                let mut line = format!("{name:<name_width$}");
+                for (cell, col) in cells.iter().zip(&self.columns) {
+                    line.push_str(&format!(" {cell:>w$}", w = col.width));
+                }
+                line
+            }
+        }
+    }
+
+    /// The header line(s), without printing them.
+    pub fn header(&self) -> String {
+        let titles = self.columns.iter().map(|c| c.title.clone()).collect();
+        let head = self.line(&self.workload, titles);
+        match self.layout {
+            Layout::Markdown => format!("{head}\n|---|{}", "---|".repeat(self.columns.len())),
+            Layout::Aligned { .. } => head,
+        }
+    }
+
+    /// Prints [`Report::header`].
+    pub fn print_header(&self) {
+        println!("{}", self.header());
+    }
+
+    /// The row of workload `name`, without printing it: `kv` and `raw` ops/s, their ratio
+    /// `kv / raw`, then `extra` (one value per added column).
+    pub fn format_row(&self, name: &str, kv: f64, raw: f64, extra: &[f64]) -> String {
+        let values = [kv, raw, kv / raw].into_iter().chain(extra.iter().copied());
+        let cells = values
+            .zip(&self.columns)
+            .map(|(v, c)| format!("{v:.d$}", d = c.decimals))
+            .collect();
+        self.line(name, cells)
+    }
+
+    /// Prints [`Report::format_row`].
+    pub fn row(&self, name: &str, kv: f64, raw: f64, extra: &[f64]) {
+        println!("{}", self.format_row(name, kv, raw, extra));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(ops: usize, ms: u64) -> Sample {
+        Sample {
+            ops,
+            wall: Duration::from_millis(ms),
+            cpu: Duration::from_millis(ms / 2),
+        }
+    }
+
+    #[test]
+    fn statistics() {
+        let r = Rounds {
+            kv: vec![sample(100, 100), sample(100, 50), sample(100, 200)],
+            raw: vec![sample(100, 50), sample(100, 50), sample(100, 100)],
+        };
+        assert_eq!(r.best_rates(), (2000.0, 2000.0));
+        // 3 rounds / (0.001 + 0.0005 + 0.002) s per op.
+        let (kv, raw) = r.overall_rates();
+        assert!((kv - 3.0 / 0.0035).abs() < 1e-6, "{kv}");
+        assert!((raw - 3.0 / 0.002).abs() < 1e-6, "{raw}");
+        // Per-round ratios 0.5, 1.0, 0.5 -> median 0.5.
+        assert_eq!(r.median_ratio(), 0.5);
+        // kv: 175 ms CPU over 300 ops.
+        let (kv_cpu, raw_cpu) = r.cpu_us_per_op();
+        assert!((kv_cpu - 175_000.0 / 300.0).abs() < 1e-6, "{kv_cpu}");
+        assert!((raw_cpu - 100_000.0 / 300.0).abs() < 1e-6, "{raw_cpu}");
+    }
+
+    #[test]
+    fn markdown_table() {
+        let r = Report::markdown(["workload", "kv ops/s", "raw ops/s", "kv / raw"])
+            .column("median", 2)
+            .column("cpu", 1);
+        assert_eq!(
+            r.header(),
+            "| workload | kv ops/s | raw ops/s | kv / raw | median | cpu |\n|---|---|---|---|---|---|"
+        );
+        assert_eq!(
+            r.format_row("get", 1500.4, 3000.0, &[0.456, 12.34]),
+            "| get | 1500 | 3000 | 0.50 | 0.46 | 12.3 |"
+        );
+    }
+
+    #[test]
+    fn best_of_rounds_table() {
+        let r = Report::best_of_rounds();
+        assert_eq!(
+            r.header(),
+            "| workload | kv ops/s (best) | raw ops/s (best) | kv / raw (best) \
+             | kv / raw (median of rounds) | kv client CPU µs/op | raw client CPU µs/op |\n\
+             |---|---|---|---|---|---|---|"
+        );
+        assert_eq!(
+            (
+                round_to_tasks(100, 1),
+                round_to_tasks(100, 64),
+                round_to_tasks(10, 64)
+            ),
+            (100, 64, 64)
+        );
+    }
+
+    #[test]
+    fn aligned_table() {
+        let r = Report::new(
+            Layout::Aligned { name_width: 10 },
+            ["operation", "kv ops/s", "raw ops/s", "kv/raw"],
+        );
+        assert_eq!(
+            r.header(),
+            format!(
+                "{:<10} {:>12} {:>12} {:>8}",
+                "operation", "kv ops/s", "raw ops/s", "kv/raw"
+            )
+        );
+        assert_eq!(
+            r.format_row("put", 900.0, 1200.0, &[]),
+            format!("{:<10} {:>12} {:>12} {:>8}", "put", "900", "1200", "0.75")
+        );
+    }
+
+    #[tokio::test]
+    async fn seq_and_par_count_operations() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let mut seen = Vec::new();
+        let s = seq(5, |i| {
+            seen.push(i);
+            async {}
+        })
+        .await;
+        assert_eq!((s.ops, seen), (5, vec![0, 1, 2, 3, 4]));
+
+        let done = Arc::new(AtomicUsize::new(0));
+        let d = done.clone();
+        // 10 ops over 3 tasks: 3 each, 9 in all.
+        let p = par(10, 3, move |t, i| {
+            assert!(t < 3 && i < 3);
+            let d = d.clone();
+            async move {
+                d.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .await;
+        assert_eq!((p.ops, done.load(Ordering::SeqCst)), (9, 9));
+    }
+
+    #[tokio::test]
+    async fn alternate_swaps_who_goes_first() {
+        let order = std::sync::Mutex::new(Vec::new());
+        let run = |side: &'static str| {
+            let order = &order;
+            move || async move {
+                order.lock().unwrap().push(side);
+                sample(1, 1)
+            }
+        };
+        let r = alternate(3, run("kv"), run("raw")).await;
+        assert_eq!((r.kv.len(), r.raw.len()), (3, 3));
+        assert_eq!(
+            *order.lock().unwrap(),
+            ["kv", "raw", "raw", "kv", "kv", "raw"]
+        );
+    }
+}
