@@ -1,0 +1,222 @@
+//! kv-consul versus plain HTTP requests (a reqwest client with the same settings) to the same
+//! Consul agent: sequential and 64-task concurrent put/get of 100-byte values. Uses
+//! `KV_CONSUL_ADDR` if set, else starts its own agent (kv_testkit). `KV_BENCH_N` operations per
+//! measurement (default 2000); each figure is the best of `KV_BENCH_ROUNDS` (default 5) rounds,
+//! kv and raw alternating (also printed: the median of the per-round ratios and the client
+//! process's CPU time per operation).
+//!
+//! Raw put is `PUT /v1/kv/<key>` (answer `true`), raw get is `GET /v1/kv/<key>` with the JSON
+//! and base64 decoded. kv writes through `/v1/txn` (the only write that returns the new
+//! `ModifyIndex`), so two extra rows compare kv's put with a raw one-operation `/v1/txn` write.
+//! Every written value differs from the last (Consul skips writes that change nothing).
+//!
+//! Run: `cargo bench -p kv-consul --bench vs_raw`
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use kv_consul::ConsulStore;
+use kv_core::{PutOptions, Store};
+use kv_testkit::bench::{self, Report, Sample};
+
+const TASKS: usize = 64;
+
+/// A 100-byte value that differs on every call.
+fn value() -> Vec<u8> {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let mut v = format!("{:020}", N.fetch_add(1, Ordering::Relaxed)).into_bytes();
+    v.resize(100, b'v');
+    v
+}
+
+#[derive(Clone, Copy)]
+enum Op {
+    Put,
+    Get,
+    /// Raw side: the one-operation `/v1/txn` write kv sends for a put.
+    TxnPut,
+}
+
+struct Raw {
+    client: reqwest::Client,
+    base: String,
+}
+
+impl Raw {
+    async fn put(&self, key: &str) {
+        let r = self
+            .client
+            .put(format!("{}/v1/kv/{key}", self.base))
+            .body(value())
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+        assert_eq!(&r.bytes().await.unwrap()[..], b"true");
+    }
+
+    async fn txn_put(&self, key: &str) {
+        let body = format!(
+            r#"[{{"KV":{{"Verb":"set","Key":"{key}","Value":"{}","Flags":1}}}}]"#,
+            base64::engine::general_purpose::STANDARD.encode(value())
+        );
+        let r = self
+            .client
+            .put(format!("{}/v1/txn", self.base))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+        let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        assert!(v["Results"][0]["KV"]["ModifyIndex"].as_u64().unwrap() > 0);
+    }
+
+    async fn get(&self, key: &str) {
+        let r = self
+            .client
+            .get(format!("{}/v1/kv/{key}", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+        let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        let b64 = v[0]["Value"].as_str().unwrap_or_default();
+        let value = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        assert_eq!(value.len(), 100);
+    }
+}
+
+async fn kv_run(store: &Arc<ConsulStore>, op: Op, n: usize, tasks: usize) -> Sample {
+    let store = store.clone();
+    bench::par(n, tasks, move |t, i| {
+        let store = store.clone();
+        async move {
+            let key = format!("kv/{t}/{}", i % 50);
+            match op {
+                Op::Put | Op::TxnPut => {
+                    store
+                        .put(&key, &value(), PutOptions::default())
+                        .await
+                        .unwrap();
+                }
+                Op::Get => {
+                    assert_eq!(store.get(&key).await.unwrap().value.len(), 100);
+                }
+            }
+        }
+    })
+    .await
+}
+
+async fn raw_run(raw: &Arc<Raw>, op: Op, n: usize, tasks: usize) -> Sample {
+    let raw = raw.clone();
+    bench::par(n, tasks, move |t, i| {
+        let raw = raw.clone();
+        async move {
+            let key = format!("bench-vs-raw/raw/{t}/{}", i % 50);
+            match op {
+                Op::Put => raw.put(&key).await,
+                Op::TxnPut => raw.txn_put(&key).await,
+                Op::Get => raw.get(&key).await,
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::main]
+async fn main() {
+    let n = bench::env_usize("KV_BENCH_N", 2000);
+    let rounds = bench::env_usize("KV_BENCH_ROUNDS", 5).max(1);
+    let mut _server = None;
+    let addr = match std::env::var("KV_CONSUL_ADDR") {
+        Ok(a) => a.split(',').next().unwrap_or_default().to_string(),
+        Err(_) => {
+            let Some(c) = kv_testkit::consul::Consul::start(Default::default()).await else {
+                return;
+            };
+            let a = c.addr();
+            _server = Some(c);
+            a
+        }
+    };
+    let store = Arc::new(
+        ConsulStore::from_url(&format!("consul://{addr}/bench-vs-raw"))
+            .await
+            .expect("connect kv"),
+    );
+    // The client settings kv-consul uses.
+    let raw = Arc::new(Raw {
+        client: reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .build()
+            .unwrap(),
+        base: format!("http://{addr}"),
+    });
+    let version = {
+        let r = raw
+            .client
+            .get(format!("{}/v1/agent/self", raw.base))
+            .send()
+            .await
+            .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&r.bytes().await.unwrap_or_default()).unwrap_or_default();
+        v["Config"]["Version"].as_str().unwrap_or("?").to_string()
+    };
+    // The keys the get workloads read.
+    kv_run(&store, Op::Put, TASKS * 50, TASKS).await;
+    raw_run(&raw, Op::Put, TASKS * 50, TASKS).await;
+
+    println!(
+        "Consul {version} at {addr}: N = {n} ops per measurement, best of {rounds} rounds, 100-byte values"
+    );
+    let report = Report::markdown([
+        "workload",
+        "kv ops/s (best)",
+        "raw ops/s (best)",
+        "kv / raw (best)",
+    ])
+    .column("kv / raw (median of rounds)", 2)
+    .column("kv client CPU µs/op", 1)
+    .column("raw client CPU µs/op", 1);
+    report.print_header();
+    for (name, op, tasks) in [
+        ("sequential put", Op::Put, 1),
+        ("sequential get", Op::Get, 1),
+        ("64-task put", Op::Put, TASKS),
+        ("64-task get", Op::Get, TASKS),
+        ("sequential put (raw: /v1/txn)", Op::TxnPut, 1),
+        ("64-task put (raw: /v1/txn)", Op::TxnPut, TASKS),
+    ] {
+        let n = if tasks == 1 {
+            n
+        } else {
+            (n / tasks).max(1) * tasks
+        };
+        let samples = bench::alternate(
+            rounds,
+            || kv_run(&store, op, n, tasks),
+            || raw_run(&raw, op, n, tasks),
+        )
+        .await;
+        let (kv_rate, raw_rate) = samples.best_rates();
+        let (kv_cpu, raw_cpu) = samples.cpu_us_per_op();
+        report.row(
+            name,
+            kv_rate,
+            raw_rate,
+            &[samples.median_ratio(), kv_cpu, raw_cpu],
+        );
+    }
+    store.delete_tree("").await.ok();
+    store.close().await.ok();
+}

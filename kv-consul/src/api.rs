@@ -1,0 +1,347 @@
+//! Consul's KV, session and txn endpoints, typed.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use kv_core::{Error, Result};
+use reqwest::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use crate::http::{encode_path, to_error, Failure, Http, Response};
+
+/// `Flags` of a key written with a TTL (attached to a `delete` session).
+pub(crate) const TTL_FLAG: u64 = 0x6b76_5f74_746c_0001; // "kv_ttl" + 1
+/// `Flags` of a lock key held by a kv lock session.
+pub(crate) const LOCK_FLAG: u64 = 0x6b76_5f6c_6f63_6b01; // "kv_lock" + 1
+
+/// One KV entry as Consul returns it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct Entry {
+    pub key: String,
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub session: Option<String>,
+    #[serde(default)]
+    pub modify_index: u64,
+}
+
+impl Entry {
+    pub fn value_bytes(&self) -> Result<Vec<u8>> {
+        match &self.value {
+            None => Ok(Vec::new()),
+            Some(v) => base64::engine::general_purpose::STANDARD
+                .decode(v)
+                .map_err(|e| {
+                    to_error(Failure::Decode {
+                        operation: format!("read {:?}", self.key),
+                        message: e.to_string(),
+                    })
+                }),
+        }
+    }
+
+    pub fn held(&self) -> bool {
+        self.session.as_deref().is_some_and(|s| !s.is_empty())
+    }
+}
+
+/// A random, non-zero `Flags` value for a plain write. Consul skips a write that changes
+/// nothing (same value, flags and session) without a new `ModifyIndex`; a fresh nonce makes
+/// every kv write a real one, so versions always increase.
+pub(crate) fn nonce() -> u64 {
+    let n = rand::random::<u64>() | 1;
+    if n == TTL_FLAG || n == LOCK_FLAG {
+        n ^ 2
+    } else {
+        n
+    }
+}
+
+pub(crate) fn b64(v: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(v)
+}
+
+/// One `/v1/txn` KV operation.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct KvOp {
+    pub verb: &'static str,
+    pub key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flags: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+}
+
+impl KvOp {
+    pub fn new(verb: &'static str, key: &str) -> Self {
+        KvOp {
+            verb,
+            key: key.to_string(),
+            value: None,
+            flags: None,
+            index: None,
+            session: None,
+        }
+    }
+    pub fn value(mut self, v: &[u8], flags: u64) -> Self {
+        self.value = Some(b64(v));
+        self.flags = Some(flags);
+        self
+    }
+    pub fn index(mut self, i: u64) -> Self {
+        self.index = Some(i);
+        self
+    }
+    pub fn session(mut self, s: &str) -> Self {
+        self.session = Some(s.to_string());
+        self
+    }
+    /// How many result entries Consul returns for this verb.
+    pub fn fixed_results(&self) -> Option<usize> {
+        match self.verb {
+            "set" | "cas" | "lock" | "unlock" | "get" | "check-index" | "check-session" => Some(1),
+            "delete" | "delete-cas" | "delete-tree" | "check-not-exists" => Some(0),
+            _ => None, // get-tree: any number
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct TxnItem<'a> {
+    #[serde(rename = "KV")]
+    kv: &'a KvOp,
+}
+
+#[derive(Deserialize)]
+struct TxnResultItem {
+    #[serde(rename = "KV")]
+    kv: Option<Entry>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct TxnErrorItem {
+    #[serde(rename = "OpIndex")]
+    pub op_index: usize,
+    #[serde(rename = "What")]
+    pub what: String,
+}
+
+#[derive(Deserialize)]
+struct TxnResponse {
+    #[serde(rename = "Results", default)]
+    results: Option<Vec<TxnResultItem>>,
+    #[serde(rename = "Errors", default)]
+    errors: Option<Vec<TxnErrorItem>>,
+}
+
+/// The outcome of a transaction Consul answered.
+pub(crate) enum TxnOutcome {
+    /// Applied; the result entries in order.
+    Ok(Vec<Entry>),
+    /// Rolled back; every error entry.
+    Rejected(Vec<TxnErrorItem>),
+}
+
+#[derive(Deserialize)]
+struct SessionId {
+    #[serde(rename = "ID")]
+    id: String,
+}
+
+fn status_error(operation: &str, key: &str, r: &Response) -> Error {
+    to_error(Failure::Status {
+        operation: operation.to_string(),
+        key: key.to_string(),
+        status: r.status,
+        body: r.text(),
+    })
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(operation: &str, body: &[u8]) -> Result<T> {
+    serde_json::from_slice(body).map_err(|e| {
+        to_error(Failure::Decode {
+            operation: operation.to_string(),
+            message: e.to_string(),
+        })
+    })
+}
+
+/// Consul wants Go durations; milliseconds are exact enough.
+pub(crate) fn go_duration(d: Duration) -> String {
+    format!("{}ms", d.as_millis().max(1))
+}
+
+impl Http {
+    /// GET one key: `Ok((entry or None, X-Consul-Index))`. `block` = `(index, wait)`.
+    pub async fn kv_get(
+        &self,
+        key: &str,
+        block: Option<(u64, Duration)>,
+    ) -> Result<(Option<Entry>, u64)> {
+        let (q, budget) = blocking_query("", block, self.timeout);
+        let path = format!("/v1/kv/{}{q}", encode_path(key));
+        let r = self.send("get", Method::GET, &path, None, budget).await?;
+        match r.status {
+            StatusCode::OK => {
+                let mut v: Vec<Entry> = decode("get", &r.body)?;
+                Ok((v.pop(), r.index.unwrap_or(0)))
+            }
+            StatusCode::NOT_FOUND => Ok((None, r.index.unwrap_or(0))),
+            _ => Err(status_error("get", key, &r)),
+        }
+    }
+
+    /// GET `?recurse` on a raw prefix: entries (bytewise sorted by Consul) and the index.
+    pub async fn kv_list(
+        &self,
+        raw_prefix: &str,
+        block: Option<(u64, Duration)>,
+    ) -> Result<(Vec<Entry>, u64)> {
+        let (q, budget) = blocking_query("recurse", block, self.timeout);
+        let path = format!("/v1/kv/{}{q}", encode_path(raw_prefix));
+        let r = self.send("list", Method::GET, &path, None, budget).await?;
+        match r.status {
+            StatusCode::OK => Ok((decode("list", &r.body)?, r.index.unwrap_or(0))),
+            StatusCode::NOT_FOUND => Ok((Vec::new(), r.index.unwrap_or(0))),
+            _ => Err(status_error("list", raw_prefix, &r)),
+        }
+    }
+
+    /// DELETE `?recurse` on a raw prefix.
+    pub async fn kv_delete_prefix(&self, raw_prefix: &str) -> Result<()> {
+        let path = format!("/v1/kv/{}?recurse", encode_path(raw_prefix));
+        let r = self
+            .send("delete_tree", Method::DELETE, &path, None, self.timeout)
+            .await?;
+        if r.status == StatusCode::OK {
+            Ok(())
+        } else {
+            Err(status_error("delete_tree", raw_prefix, &r))
+        }
+    }
+
+    /// PUT `/v1/txn`.
+    pub async fn txn(&self, operation: &str, ops: &[KvOp]) -> Result<TxnOutcome> {
+        let items: Vec<TxnItem<'_>> = ops.iter().map(|kv| TxnItem { kv }).collect();
+        let body =
+            serde_json::to_vec(&items).map_err(|e| Error::invalid_argument(e.to_string()))?;
+        let key = ops.first().map(|o| o.key.clone()).unwrap_or_default();
+        let r = self
+            .send(operation, Method::PUT, "/v1/txn", Some(body), self.timeout)
+            .await?;
+        match r.status {
+            StatusCode::OK => {
+                let t: TxnResponse = decode(operation, &r.body)?;
+                Ok(TxnOutcome::Ok(
+                    t.results
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|i| i.kv)
+                        .collect(),
+                ))
+            }
+            StatusCode::CONFLICT => {
+                let t: TxnResponse = decode(operation, &r.body)?;
+                Ok(TxnOutcome::Rejected(t.errors.unwrap_or_default()))
+            }
+            _ => Err(status_error(operation, &key, &r)),
+        }
+    }
+
+    /// Creates a session; `ttl` is Consul's session TTL (invalidation after twice that).
+    pub async fn session_create(
+        &self,
+        name: &str,
+        behavior: &str,
+        ttl: Duration,
+    ) -> Result<String> {
+        let body = serde_json::json!({
+            "Name": name,
+            "Behavior": behavior,
+            "TTL": go_duration(ttl),
+            "LockDelay": "0s",
+        });
+        let r = self
+            .send(
+                "create session",
+                Method::PUT,
+                "/v1/session/create",
+                Some(body.to_string().into_bytes()),
+                self.timeout,
+            )
+            .await?;
+        if r.status != StatusCode::OK {
+            return Err(status_error("create session", "", &r));
+        }
+        let s: SessionId = decode("create session", &r.body)?;
+        Ok(s.id)
+    }
+
+    /// Destroys a session (its `delete`-behaviour keys go with it).
+    pub async fn session_destroy(&self, id: &str) -> Result<()> {
+        let r = self
+            .send(
+                "destroy session",
+                Method::PUT,
+                &format!("/v1/session/destroy/{}", encode_path(id)),
+                None,
+                self.timeout,
+            )
+            .await?;
+        if r.status == StatusCode::OK {
+            Ok(())
+        } else {
+            Err(status_error("destroy session", "", &r))
+        }
+    }
+
+    /// Renews a session: `Ok(false)` when Consul no longer knows it.
+    pub async fn session_renew(&self, id: &str) -> Result<bool> {
+        let r = self
+            .send(
+                "renew session",
+                Method::PUT,
+                &format!("/v1/session/renew/{}", encode_path(id)),
+                None,
+                self.timeout,
+            )
+            .await?;
+        match r.status {
+            StatusCode::OK => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => Err(status_error("renew session", "", &r)),
+        }
+    }
+}
+
+/// Query string and time budget for a (possibly blocking) read.
+fn blocking_query(
+    flag: &str,
+    block: Option<(u64, Duration)>,
+    timeout: Duration,
+) -> (String, Duration) {
+    let mut parts = Vec::new();
+    if !flag.is_empty() {
+        parts.push(flag.to_string());
+    }
+    let mut budget = timeout;
+    if let Some((index, wait)) = block {
+        if index > 0 {
+            parts.push(format!("index={index}"));
+            parts.push(format!("wait={}", go_duration(wait)));
+            budget = wait + wait / 16 + timeout;
+        }
+    }
+    if parts.is_empty() {
+        (String::new(), budget)
+    } else {
+        (format!("?{}", parts.join("&")), budget)
+    }
+}

@@ -1,0 +1,85 @@
+//! Restarting Consul during active watches: every final state is delivered.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{next_ok, until};
+use kv_consul::ConsulStore;
+use kv_core::{PutOptions, Store};
+use kv_testkit::consul::{Consul, Options};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_survive_a_restart() {
+    let Some(mut consul) = Consul::start(Options::default()).await else {
+        return;
+    };
+    let url = format!("consul://{}/restart?timeout=3s", consul.addr());
+    let s = ConsulStore::from_url(&url).await.unwrap();
+    let mut w = s.watch("r/k").await.unwrap();
+    let mut wt = s.watch_tree("r").await.unwrap();
+    assert_eq!(next_ok(&mut w, Duration::from_secs(10)).await, None);
+    assert!(next_ok(&mut wt, Duration::from_secs(10)).await.is_empty());
+    let v1 = s.put("r/k", b"1", PutOptions::default()).await.unwrap();
+    assert_eq!(
+        next_ok(&mut w, Duration::from_secs(10)).await,
+        Some(v1.clone())
+    );
+    assert_eq!(
+        next_ok(&mut wt, Duration::from_secs(10)).await,
+        vec![v1.clone()]
+    );
+
+    for round in 0..2 {
+        consul.kill();
+        // The outage is visible as an error, never as the end of the stream.
+        let e = s.get("r/k").await.unwrap_err();
+        assert!(e.is_transient(), "{e:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        consul.restart().await;
+        let k = s
+            .put(
+                "r/k",
+                format!("after restart {round}").as_bytes(),
+                PutOptions::default(),
+            )
+            .await
+            .unwrap();
+        let j = s
+            .put(&format!("r/j{round}"), b"j", PutOptions::default())
+            .await
+            .unwrap();
+        let got = until(&mut w, Duration::from_secs(60), |v| v.as_ref() == Some(&k)).await;
+        assert_eq!(got.unwrap().value, k.value);
+        let snap = until(&mut wt, Duration::from_secs(60), |v| {
+            v.contains(&k) && v.contains(&j)
+        })
+        .await;
+        assert!(snap.windows(2).all(|p| p[0].key < p[1].key));
+    }
+    s.delete("r/k").await.unwrap();
+    until(&mut w, Duration::from_secs(30), |v| v.is_none()).await;
+    s.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_server_gives_timeouts_then_recovers() {
+    let Some(consul) = Consul::start(Options::default()).await else {
+        return;
+    };
+    let url = format!("consul://{}/frozen?timeout=2s", consul.addr());
+    let s = ConsulStore::from_url(&url).await.unwrap();
+    let mut w = s.watch("k").await.unwrap();
+    assert_eq!(next_ok(&mut w, Duration::from_secs(10)).await, None);
+    consul.process.pause();
+    let t0 = std::time::Instant::now();
+    let e = s.put("k", b"1", PutOptions::default()).await.unwrap_err();
+    assert!(matches!(e, kv_core::Error::Timeout { .. }), "{e:?}");
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+    let e = s.get("k").await.unwrap_err();
+    assert!(matches!(e, kv_core::Error::Timeout { .. }), "{e:?}");
+    consul.process.resume();
+    let p = s.put("k", b"2", PutOptions::default()).await.unwrap();
+    let got = until(&mut w, Duration::from_secs(60), |v| v.as_ref() == Some(&p)).await;
+    assert_eq!(got.unwrap().value, b"2");
+}
