@@ -141,6 +141,19 @@
 //! version), and Consul serves a one-operation transaction more slowly than a plain PUT and the
 //! JSON body costs the client about 5 µs more CPU. Against a raw client sending the same
 //! transaction kv is at parity (0.93–1.00), with 1–2 µs of CPU of its own per operation.
+//!
+//! ### Second run, otherwise idle machine
+//!
+//! Same bench, same day, with no other job running on the machine; `Consul 1.8.7 at 127.0.0.1:37965: N = 2000 ops per measurement, best of 5 rounds, 100-byte values`:
+//!
+//! | workload | kv ops/s (best) | raw ops/s (best) | kv / raw (best) | kv / raw (median of rounds) | kv client CPU µs/op | raw client CPU µs/op |
+//! |---|---|---|---|---|---|---|
+//! | sequential put | 2069 | 2264 | 0.91 | 0.92 | 53.2 | 45.7 |
+//! | sequential get | 12552 | 14580 | 0.86 | 0.98 | 30.1 | 28.8 |
+//! | 64-task put | 12089 | 12392 | 0.98 | 0.87 | 26.6 | 22.0 |
+//! | 64-task get | 42627 | 42810 | 1.00 | 0.94 | 20.8 | 19.3 |
+//! | sequential put (raw: /v1/txn) | 1771 | 1801 | 0.98 | 1.02 | 55.8 | 55.9 |
+//! | 64-task put (raw: /v1/txn) | 11727 | 10112 | 1.16 | 1.08 | 26.4 | 25.0 |
 
 #![warn(missing_docs)]
 

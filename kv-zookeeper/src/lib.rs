@@ -124,6 +124,17 @@
 //! | sequential get | 4626 | 4798 | 0.96 | 0.89–0.96 |
 //! | 64-task concurrent put | 20254 | 21676 | 0.93 | 0.93–1.02 |
 //! | 64-task concurrent get | 22222 | 22812 | 0.97 | 0.97–1.10 |
+//!
+//! ### Second run, otherwise idle machine
+//!
+//! Same bench, same day, with no other job running on the machine; `kv-zookeeper vs zookeeper-client, N = 8000, server 127.0.0.1:44051`:
+//!
+//! | operation | kv ops/s | raw ops/s | kv/raw |
+//! |---|---|---|---|
+//! | sequential put | 2765 | 2821 | 0.98 |
+//! | sequential get | 6311 | 6712 | 0.94 |
+//! | 64-task concurrent put | 15409 | 16821 | 0.92 |
+//! | 64-task concurrent get | 24825 | 26265 | 0.95 |
 
 #![warn(missing_docs)]
 
