@@ -106,9 +106,7 @@
 //! [`Error::Timeout`], `NoAuth`/`AuthFailed` are
 //! [`Error::Unauthorized`], a TLS handshake failure at connect
 //! is `Unreachable` with a message naming TLS. Every call is bounded by the store timeout
-//! (same contract as `kv_core::retry::timed`), checked by a per-store 50 ms ticker rather than a
-//! tokio timer per call, which cost about 10% in latency-bound loops here; a call ends at most
-//! 50 ms after its timeout.
+//! with `kv_core::retry::timed`.
 //!
 //! ## Performance (kv versus zookeeper-client used directly)
 //! `cargo bench -p kv-zookeeper --bench vs_raw` (`KV_BENCH_N`, default 8000), 2026-11-28,
@@ -127,14 +125,15 @@
 //!
 //! ### Second run, otherwise idle machine
 //!
-//! Same bench, same day, with no other job running on the machine; `kv-zookeeper vs zookeeper-client, N = 8000, server 127.0.0.1:44051`:
+//! Same bench, same day, with no other job running on the machine, after calls were switched
+//! to `kv_core::retry::timed` for their bound (two consecutive runs, N = 8000):
 //!
-//! | operation | kv ops/s | raw ops/s | kv/raw |
-//! |---|---|---|---|
-//! | sequential put | 2765 | 2821 | 0.98 |
-//! | sequential get | 6311 | 6712 | 0.94 |
-//! | 64-task concurrent put | 15409 | 16821 | 0.92 |
-//! | 64-task concurrent get | 24825 | 26265 | 0.95 |
+//! | operation | kv ops/s | raw ops/s | kv/raw | kv/raw, other run |
+//! |---|---|---|---|---|
+//! | sequential put | 3079 | 3229 | 0.95 | 1.01 |
+//! | sequential get | 6471 | 6856 | 0.94 | 0.92 |
+//! | 64-task concurrent put | 18378 | 16895 | 1.09 | 1.13 |
+//! | 64-task concurrent get | 18462 | 18660 | 0.99 | 0.95 |
 
 #![warn(missing_docs)]
 
@@ -197,23 +196,6 @@ pub(crate) struct Inner {
     /// shows `ephemeralOwner = 0`), so a put checks the `czxid` its `setData` returns against
     /// this cache, and reads the znode first only on a miss.
     pub types: Mutex<HashMap<String, (i64, Option<u64>)>>,
-    /// Notified every [`TICK`] by the store's ticker task; see [`Inner::timed`].
-    pub tick: tokio::sync::Notify,
-}
-
-/// Deadline check interval of store calls.
-const TICK: Duration = Duration::from_millis(50);
-
-/// Wakes pending calls every [`TICK`] so they can check their deadline.
-async fn ticker(inner: std::sync::Weak<Inner>) {
-    loop {
-        tokio::time::sleep(TICK).await;
-        let Some(i) = inner.upgrade() else { return };
-        i.tick.notify_waiters();
-        if i.is_closed.load(Ordering::SeqCst) {
-            return;
-        }
-    }
 }
 
 const TYPE_CACHE_MAX: usize = 100_000;
@@ -414,30 +396,13 @@ impl Inner {
         }
     }
 
-    /// Bounds `fut` by the store timeout, giving [`Error::Timeout`] naming `op` (the same
-    /// contract as [`retry::timed`]). Instead of a tokio timer per call (whose registration
-    /// wakes the timer thread each time: about 10% of a latency-bound call on a loaded
-    /// 2-core machine), calls share a ticker that checks deadlines every [`TICK`]; a call
-    /// therefore ends at most one tick after its timeout.
+    /// Bounds `fut` by the store timeout ([`retry::timed`]), giving [`Error::Timeout`] naming `op`.
     pub async fn timed<T>(
         &self,
         op: &str,
         fut: impl std::future::Future<Output = Result<T>>,
     ) -> Result<T> {
-        let start = std::time::Instant::now();
-        let mut fut = std::pin::pin!(fut);
-        loop {
-            let tick = self.tick.notified();
-            tokio::select! {
-                biased;
-                r = &mut fut => return r,
-                _ = tick => {
-                    if start.elapsed() >= self.cfg.timeout {
-                        return Err(Error::Timeout { operation: op.to_string(), after: self.cfg.timeout });
-                    }
-                }
-            }
-        }
+        retry::timed(op, self.cfg.timeout, fut).await
     }
 
     /// Runs a read, retrying on connection loss (with the current session) until it works
@@ -1095,9 +1060,7 @@ impl ZkStore {
             next_id: AtomicU64::new(1),
             is_closed: AtomicBool::new(false),
             types: Mutex::new(HashMap::new()),
-            tick: tokio::sync::Notify::new(),
         });
-        tokio::spawn(ticker(Arc::downgrade(&inner)));
         // Check the server answers with our credentials before returning.
         let check_path = inner.prefix_path("");
         let probe = inner.conn()?.client;
