@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kv_core::retry::Backoff;
-use kv_core::watch::{key_watch, tree_watch};
+use kv_core::watch::{key_watch, tree_watch, WatchSink};
 use kv_core::{Error, KvPair, Result, TreeWatchStream, WatchStream};
 
 use crate::Inner;
@@ -68,95 +68,79 @@ async fn pause(
 }
 
 pub(crate) fn watch_key(inner: Arc<Inner>, key: String) -> WatchStream {
-    let (mut w, stream) = key_watch();
-    tokio::spawn(async move {
-        let full = inner.full(&key);
-        let mut shutdown = inner.shutdown.subscribe();
-        let mut index = 0u64;
-        let mut backoff = Backoff::default();
-        loop {
-            let query = async {
-                let (e, i) = inner.http.kv_get(&full, Some((index, WAIT))).await?;
-                let pair = match e {
-                    Some(e) => Some(KvPair::new(key.clone(), e.value_bytes()?, e.modify_index)),
-                    None => None,
-                };
-                Ok((pair, i))
+    let (w, stream) = key_watch();
+    let full = inner.full(&key);
+    let query = move |inner: Arc<Inner>, index: u64| {
+        let (full, key) = (full.clone(), key.clone());
+        async move {
+            let (e, i) = inner.http.kv_get(&full, Some((index, WAIT))).await?;
+            let pair = match e {
+                Some(e) => Some(KvPair::new(key, e.value_bytes()?, e.modify_index)),
+                None => None,
             };
-            match step(&inner, &mut shutdown, w.closed(), query).await {
-                Step::Stop => return,
-                Step::Failed(Error::Closed) => {
-                    w.error(Error::Closed);
-                    return;
-                }
-                Step::Failed(e) => {
-                    if !w.error(e) {
-                        return;
-                    }
-                    let d = backoff.next_delay();
-                    if !pause(d, &mut shutdown, w.closed()).await {
-                        return;
-                    }
-                }
-                Step::State(state, got) => {
-                    backoff.reset();
-                    let unchanged = got == index && index > 0;
-                    if !w.emit(state) {
-                        return;
-                    }
-                    index = next_index(index, got);
-                    if unchanged && !pause(UNCHANGED_PAUSE, &mut shutdown, w.closed()).await {
-                        return;
-                    }
-                }
-            }
+            Ok((pair, i))
         }
-    });
+    };
+    tokio::spawn(blocking_loop(inner, w, query));
     stream
 }
 
 pub(crate) fn watch_tree(inner: Arc<Inner>, prefix: String) -> TreeWatchStream {
-    let (mut w, stream) = tree_watch();
-    tokio::spawn(async move {
-        let raw = inner.raw_subtree(&prefix);
-        let mut shutdown = inner.shutdown.subscribe();
-        let mut index = 0u64;
-        let mut backoff = Backoff::default();
-        loop {
-            let query = async {
-                let (entries, i) = inner.http.kv_list(&raw, Some((index, WAIT))).await?;
-                Ok((inner.subtree_pairs(&prefix, &entries)?, i))
-            };
-            match step(&inner, &mut shutdown, w.closed(), query).await {
-                Step::Stop => return,
-                Step::Failed(Error::Closed) => {
-                    w.error(Error::Closed);
+    let (w, stream) = tree_watch();
+    let raw = inner.raw_subtree(&prefix);
+    let query = move |inner: Arc<Inner>, index: u64| {
+        let (raw, prefix) = (raw.clone(), prefix.clone());
+        async move {
+            let (entries, i) = inner.http.kv_list(&raw, Some((index, WAIT))).await?;
+            Ok((inner.subtree_pairs(&prefix, &entries)?, i))
+        }
+    };
+    tokio::spawn(blocking_loop(inner, w, query));
+    stream
+}
+
+/// The blocking-query loop of every watch: query at the last index, emit the state, follow
+/// Consul's index rules, report errors as `Err` items and back off, stop when the stream is
+/// dropped or the store closed.
+async fn blocking_loop<W, Q, F>(inner: Arc<Inner>, mut w: W, query: Q)
+where
+    W: WatchSink,
+    Q: Fn(Arc<Inner>, u64) -> F + Send,
+    F: std::future::Future<Output = Result<(W::State, u64)>> + Send,
+{
+    let mut shutdown = inner.shutdown.subscribe();
+    let mut index = 0u64;
+    let mut backoff = Backoff::default();
+    loop {
+        let q = query(inner.clone(), index);
+        match step(&inner, &mut shutdown, w.closed(), q).await {
+            Step::Stop => return,
+            Step::Failed(Error::Closed) => {
+                w.error(Error::Closed);
+                return;
+            }
+            Step::Failed(e) => {
+                if !w.error(e) {
                     return;
                 }
-                Step::Failed(e) => {
-                    if !w.error(e) {
-                        return;
-                    }
-                    let d = backoff.next_delay();
-                    if !pause(d, &mut shutdown, w.closed()).await {
-                        return;
-                    }
+                let d = backoff.next_delay();
+                if !pause(d, &mut shutdown, w.closed()).await {
+                    return;
                 }
-                Step::State(pairs, got) => {
-                    backoff.reset();
-                    let unchanged = got == index && index > 0;
-                    if !w.emit(pairs) {
-                        return;
-                    }
-                    index = next_index(index, got);
-                    if unchanged && !pause(UNCHANGED_PAUSE, &mut shutdown, w.closed()).await {
-                        return;
-                    }
+            }
+            Step::State(state, got) => {
+                backoff.reset();
+                let unchanged = got == index && index > 0;
+                if !w.emit(state) {
+                    return;
+                }
+                index = next_index(index, got);
+                if unchanged && !pause(UNCHANGED_PAUSE, &mut shutdown, w.closed()).await {
+                    return;
                 }
             }
         }
-    });
-    stream
+    }
 }
 
 #[cfg(test)]

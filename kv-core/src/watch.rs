@@ -218,6 +218,54 @@ impl TreeWatcher {
     }
 }
 
+/// What [`KeyWatcher`] and [`TreeWatcher`] have in common, so a driver can write one watch
+/// loop for both.
+pub trait WatchSink: Send {
+    /// The state a watch emits: `Option<KvPair>` for a key, `Vec<KvPair>` for a subtree.
+    type State: Send;
+
+    /// Sends a state unless it equals the last one; `false` once the stream was dropped.
+    fn emit(&mut self, state: Self::State) -> bool;
+
+    /// Sends an error item; `false` once the stream was dropped.
+    fn error(&mut self, error: Error) -> bool;
+
+    /// Resolves when the stream is dropped.
+    fn closed(&self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+impl WatchSink for KeyWatcher {
+    type State = Option<KvPair>;
+
+    fn emit(&mut self, state: Self::State) -> bool {
+        KeyWatcher::emit(self, state)
+    }
+
+    fn error(&mut self, error: Error) -> bool {
+        KeyWatcher::error(self, error)
+    }
+
+    fn closed(&self) -> impl std::future::Future<Output = ()> + Send {
+        KeyWatcher::closed(self)
+    }
+}
+
+impl WatchSink for TreeWatcher {
+    type State = Vec<KvPair>;
+
+    fn emit(&mut self, state: Self::State) -> bool {
+        TreeWatcher::emit(self, state)
+    }
+
+    fn error(&mut self, error: Error) -> bool {
+        TreeWatcher::error(self, error)
+    }
+
+    fn closed(&self) -> impl std::future::Future<Output = ()> + Send {
+        TreeWatcher::closed(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
