@@ -7,7 +7,7 @@
 //! - [`ServerProcess::wait_ready`] and [`log_tail`]: what every launcher does while its server
 //!   starts (poll a health probe, fail fast with the log tail if the process dies).
 //!
-//! Server launchers for each backend live in their own modules; [`bench`] is the measuring
+//! Server launchers for each backend live in their own modules; [`bench`](mod@bench) is the measuring
 //! harness of the `vs_raw` benchmarks.
 
 use std::future::Future;
