@@ -526,6 +526,34 @@ impl Inner {
         client.check_stat(path).await?.ok_or(zk::Error::NoNode)
     }
 
+    /// [`Self::replace_node`] for a put of a permanent value: the written pair, or `None` when
+    /// the znode changed meanwhile and the put must start over.
+    #[allow(clippy::too_many_arguments)]
+    async fn replace_permanent(
+        &self,
+        client: &Client,
+        path: &str,
+        version: i32,
+        data: &[u8],
+        opts: &CreateOptions<'_>,
+        key: &str,
+        value: &[u8],
+    ) -> Result<Option<KvPair>> {
+        match self.replace_node(client, path, version, data, opts).await {
+            Ok(stat) => {
+                self.remember(path, stat.czxid, None);
+                Ok(Some(KvPair::new(key, value, stat.mzxid as u64)))
+            }
+            Err(
+                zk::Error::BadVersion
+                | zk::Error::NoNode
+                | zk::Error::NodeExists
+                | zk::Error::NotEmpty,
+            ) => Ok(None),
+            Err(e) => Err(self.err(e, key)),
+        }
+    }
+
     /// Replaces a znode (known at `version`) by a new one of the right type, atomically.
     pub async fn replace_node(
         &self,
@@ -674,20 +702,19 @@ impl Inner {
                         // A TTL or ephemeral znode, or one re-created by someone else whose
                         // type we do not know: replace it by a permanent one.
                         match self
-                            .replace_node(&client, &path, stat.version, &data, &opts)
-                            .await
+                            .replace_permanent(
+                                &client,
+                                &path,
+                                stat.version,
+                                &data,
+                                &opts,
+                                key,
+                                value,
+                            )
+                            .await?
                         {
-                            Ok(stat) => {
-                                self.remember(&path, stat.czxid, None);
-                                return Ok(KvPair::new(key, value, stat.mzxid as u64));
-                            }
-                            Err(
-                                zk::Error::BadVersion
-                                | zk::Error::NoNode
-                                | zk::Error::NodeExists
-                                | zk::Error::NotEmpty,
-                            ) => continue,
-                            Err(e) => return Err(self.err(e, key)),
+                            Some(pair) => return Ok(pair),
+                            None => continue,
                         }
                     }
                     Err(zk::Error::NoNode) => {
@@ -728,20 +755,11 @@ impl Inner {
                     // A TTL or ephemeral znode (or one changed between the two requests):
                     // replace it by a permanent znode.
                     match self
-                        .replace_node(&client, &path, stat.version, &data, &opts)
-                        .await
+                        .replace_permanent(&client, &path, stat.version, &data, &opts, key, value)
+                        .await?
                     {
-                        Ok(stat) => {
-                            self.remember(&path, stat.czxid, None);
-                            return Ok(KvPair::new(key, value, stat.mzxid as u64));
-                        }
-                        Err(
-                            zk::Error::BadVersion
-                            | zk::Error::NoNode
-                            | zk::Error::NodeExists
-                            | zk::Error::NotEmpty,
-                        ) => continue,
-                        Err(e) => return Err(self.err(e, key)),
+                        Some(pair) => return Ok(pair),
+                        None => continue,
                     }
                 }
                 Err(zk::Error::NoNode) => {
