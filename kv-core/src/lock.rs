@@ -32,11 +32,6 @@ impl LostNotifier {
             }
         });
     }
-
-    /// True once fired.
-    pub fn is_fired(&self) -> bool {
-        self.tx.borrow().is_some()
-    }
 }
 
 /// Fires when a held lock is lost (expired, deleted or overwritten by someone else, session

@@ -35,7 +35,7 @@ pub fn scheme_of(url: &str) -> Option<String> {
 }
 
 /// Decodes `%XX` escapes.
-pub fn percent_decode(s: &str) -> Result<String> {
+fn percent_decode(s: &str) -> Result<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

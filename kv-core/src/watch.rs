@@ -161,11 +161,6 @@ impl KeyWatcher {
         self.tx.send(Err(error))
     }
 
-    /// The last version sent: `None` before the first item, `Some(None)` after an absent state.
-    pub fn last_version(&self) -> Option<Option<u64>> {
-        self.last
-    }
-
     /// True once the stream was dropped.
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()

@@ -139,15 +139,6 @@ impl ServerProcess {
         }
     }
 
-    /// Panics (naming the server) if the process has exited.
-    pub fn assert_running(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            if let Ok(Some(status)) = c.try_wait() {
-                panic!("{} exited early with {status}", self.name);
-            }
-        }
-    }
-
     /// Sends a signal (e.g. `libc::SIGSTOP`).
     pub fn signal(&self, sig: i32) {
         if let Some(c) = self.child.as_ref() {
