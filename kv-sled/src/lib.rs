@@ -61,13 +61,14 @@ use std::time::Duration;
 
 use kv_core::key::{check_previous, check_value_size, join, strip_namespace, subtree_start};
 use kv_core::retry::{timed, DEFAULT_TIMEOUT};
-use kv_core::watch::{key_watch, tree_watch};
+use kv_core::watch::{key_watch, tree_watch, WatchSink};
 use kv_core::{
     async_trait, normalize_key, normalize_prefix, Capabilities, ConnectUrl, Error, KvPair, Lock,
     LockOptions, PutOptions, Result, Store, TreeWatchStream, Txn, TxnOp, TxnResult, WatchStream,
 };
 
 use crate::db::{map_err, Action, Shared, TOMBSTONE_GRACE_MS};
+use crate::hub::Subscription;
 use crate::lock::{Acquiring, HeldSet};
 use crate::record::{expiry_key, now_ms, Record};
 
@@ -244,8 +245,7 @@ impl SledStore {
     }
 
     fn relative(&self, skey: &[u8]) -> Option<String> {
-        let s = std::str::from_utf8(skey).ok()?;
-        strip_namespace(&self.inner.namespace, s).map(str::to_string)
+        relative(&self.inner.namespace, skey)
     }
 
     async fn sync(&self, shared: &Shared) -> Result<()> {
@@ -313,6 +313,56 @@ async fn wait_closed(rx: &mut tokio::sync::watch::Receiver<bool>) {
     }
 }
 
+/// The key relative to `namespace` of stored key `skey`; `None` if it lies outside.
+fn relative(namespace: &str, skey: &[u8]) -> Option<String> {
+    let s = std::str::from_utf8(skey).ok()?;
+    strip_namespace(namespace, s).map(str::to_string)
+}
+
+/// A subtree watch's state: stored key → (last version seen, current pair if present).
+type Tree = BTreeMap<Vec<u8>, (u64, Option<KvPair>)>;
+
+/// The present pairs of `tree`, in key order.
+fn snapshot(tree: &Tree) -> Vec<KvPair> {
+    tree.values().filter_map(|(_, p)| p.clone()).collect()
+}
+
+/// Runs one watch task (for `watch` and `watch_tree`): feeds `sink` from `sub` until the
+/// stream is dropped, or until the store closes or the database goes away (then it sends
+/// `Error::Closed` and ends). `apply` turns a change (stored key, record bytes) into the state
+/// to emit, or `None` to skip it; its error is sent as an error item and the watch goes on.
+fn spawn_watch<S, F>(
+    mut sink: S,
+    mut sub: Subscription,
+    mut closed: tokio::sync::watch::Receiver<bool>,
+    mut apply: F,
+) where
+    S: WatchSink + 'static,
+    F: FnMut(&[u8], &[u8]) -> Result<Option<S::State>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let change = tokio::select! {
+                _ = wait_closed(&mut closed) => None,
+                _ = sink.closed() => return,
+                c = sub.rx.recv() => c,
+            };
+            let Some((key, bytes)) = change else {
+                sink.error(Error::Closed);
+                return;
+            };
+            let sent = match apply(&key, &bytes) {
+                Ok(None) => continue,
+                Ok(Some(state)) => sink.emit(state),
+                Err(e) => sink.error(e),
+            };
+            if !sent {
+                return;
+            }
+        }
+    });
+}
+
 #[async_trait]
 impl Store for SledStore {
     fn backend(&self) -> &'static str {
@@ -340,7 +390,7 @@ impl Store for SledStore {
                 })?
                 .ok_or_else(|| Error::invalid_argument("internal: put wrote nothing"))?;
             self.sync(&shared).await?;
-            Ok(KvPair::new(key, value, rec.version))
+            Ok(KvPair::new(key, rec.value, rec.version))
         })
         .await
     }
@@ -385,7 +435,7 @@ impl Store for SledStore {
             let key = normalize_key(key)?;
             let skey = self.skey(&key);
             // Subscribe first, then read: every later change arrives with a larger version.
-            let mut sub = shared.hub.key(&skey);
+            let sub = shared.hub.key(&skey);
             let now = now_ms();
             let (mut last, state) = match shared.data.get(&skey).map_err(|e| map_err("watch", e))? {
                 None => (0, None),
@@ -401,38 +451,16 @@ impl Store for SledStore {
             drop(shared);
             let (mut w, stream) = key_watch();
             w.emit(state);
-            let mut closed = self.closed_rx();
-            tokio::spawn(async move {
-                loop {
-                    let change = tokio::select! {
-                        _ = wait_closed(&mut closed) => None,
-                        _ = w.closed() => return,
-                        c = sub.rx.recv() => c,
-                    };
-                    let Some((_, bytes)) = change else {
-                        w.error(Error::Closed);
-                        return;
-                    };
-                    let rec = match Record::decode(&bytes) {
-                        Ok(r) => r,
-                        Err(e) => {
-                            if !w.error(e) {
-                                return;
-                            }
-                            continue;
-                        }
-                    };
-                    if rec.version <= last {
-                        continue;
-                    }
-                    last = rec.version;
-                    let state = rec
-                        .is_live(now_ms())
-                        .then(|| KvPair::new(key.clone(), rec.value, rec.version));
-                    if !w.emit(state) {
-                        return;
-                    }
+            spawn_watch(w, sub, self.closed_rx(), move |_, bytes| {
+                let rec = Record::decode(bytes)?;
+                if rec.version <= last {
+                    return Ok(None);
                 }
+                last = rec.version;
+                Ok(Some(
+                    rec.is_live(now_ms())
+                        .then(|| KvPair::new(key.clone(), rec.value, rec.version)),
+                ))
             });
             Ok(stream)
         })
@@ -444,10 +472,9 @@ impl Store for SledStore {
             let shared = self.shared()?;
             let prefix = normalize_prefix(prefix)?;
             let start = self.subtree(&prefix);
-            let mut sub = shared.hub.prefix(&start);
+            let sub = shared.hub.prefix(&start);
             let now = now_ms();
-            // stored key → (last version seen, current pair if present)
-            let mut tree: BTreeMap<Vec<u8>, (u64, Option<KvPair>)> = BTreeMap::new();
+            let mut tree = Tree::new();
             for item in shared.data.scan_prefix(&start) {
                 let (k, v) = item.map_err(|e| map_err("watch_tree", e))?;
                 let Some(rel) = self.relative(&k) else {
@@ -458,48 +485,23 @@ impl Store for SledStore {
                 tree.insert(k.to_vec(), (r.version, pair));
             }
             drop(shared);
-            let snapshot = |t: &BTreeMap<Vec<u8>, (u64, Option<KvPair>)>| -> Vec<KvPair> {
-                t.values().filter_map(|(_, p)| p.clone()).collect()
-            };
             let (mut w, stream) = tree_watch();
             w.emit(snapshot(&tree));
-            let mut closed = self.closed_rx();
-            let this = self.clone_for_task();
-            tokio::spawn(async move {
-                loop {
-                    let change = tokio::select! {
-                        _ = wait_closed(&mut closed) => None,
-                        _ = w.closed() => return,
-                        c = sub.rx.recv() => c,
-                    };
-                    let Some((k, bytes)) = change else {
-                        w.error(Error::Closed);
-                        return;
-                    };
-                    let Some(rel) = this.relative(&k) else {
-                        continue;
-                    };
-                    let rec = match Record::decode(&bytes) {
-                        Ok(r) => r,
-                        Err(e) => {
-                            if !w.error(e) {
-                                return;
-                            }
-                            continue;
-                        }
-                    };
-                    let entry = tree.entry(k.to_vec()).or_insert((0, None));
-                    if rec.version <= entry.0 {
-                        continue;
-                    }
-                    let pair = rec
-                        .is_live(now_ms())
-                        .then(|| KvPair::new(rel, rec.value, rec.version));
-                    *entry = (rec.version, pair);
-                    if !w.emit(snapshot(&tree)) {
-                        return;
-                    }
+            let namespace = self.inner.namespace.clone();
+            spawn_watch(w, sub, self.closed_rx(), move |k, bytes| {
+                let Some(rel) = relative(&namespace, k) else {
+                    return Ok(None);
+                };
+                let rec = Record::decode(bytes)?;
+                let entry = tree.entry(k.to_vec()).or_insert((0, None));
+                if rec.version <= entry.0 {
+                    return Ok(None);
                 }
+                let pair = rec
+                    .is_live(now_ms())
+                    .then(|| KvPair::new(rel, rec.value, rec.version));
+                *entry = (rec.version, pair);
+                Ok(Some(snapshot(&tree)))
             });
             Ok(stream)
         })
@@ -683,7 +685,7 @@ impl Store for SledStore {
                 })?
                 .ok_or_else(|| Error::invalid_argument("internal: atomic_put wrote nothing"))?;
             self.sync(&shared).await?;
-            Ok(KvPair::new(key, value, rec.version))
+            Ok(KvPair::new(key, rec.value, rec.version))
         })
         .await
     }
@@ -782,12 +784,6 @@ impl Store for SledStore {
 }
 
 impl SledStore {
-    fn clone_for_task(&self) -> KeyMapper {
-        KeyMapper {
-            namespace: self.inner.namespace.clone(),
-        }
-    }
-
     fn run_txn(&self, shared: &Shared, txn: &Txn) -> Result<Vec<TxnResult>> {
         use sled::transaction::{ConflictableTransactionError as Abort, TransactionError};
         let now = now_ms();
@@ -856,18 +852,6 @@ impl SledStore {
             Err(TransactionError::Abort(e)) => Err(e),
             Err(TransactionError::Storage(e)) => Err(map_err("txn", e)),
         }
-    }
-}
-
-/// Maps stored keys back to relative keys inside watch tasks.
-struct KeyMapper {
-    namespace: String,
-}
-
-impl KeyMapper {
-    fn relative(&self, skey: &[u8]) -> Option<String> {
-        let s = std::str::from_utf8(skey).ok()?;
-        strip_namespace(&self.namespace, s).map(str::to_string)
     }
 }
 

@@ -110,10 +110,7 @@ async fn child_entry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_sigkill() {
-    let dir = tempfile::Builder::new()
-        .prefix("kv-sled-sigkill-")
-        .tempdir()
-        .unwrap();
+    let dir = kv_testkit::temp_dir("sled-sigkill");
     let (mut child, mut out) = spawn_child("writer", dir.path());
     let mut acked: Vec<(u32, u64)> = Vec::new();
     while acked.len() < 50 {
@@ -170,10 +167,7 @@ async fn acknowledged_writes_survive_sigkill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_process_gets_a_clear_error_and_reopen_after_kill_works() {
-    let dir = tempfile::Builder::new()
-        .prefix("kv-sled-twoproc-")
-        .tempdir()
-        .unwrap();
+    let dir = kv_testkit::temp_dir("sled-twoproc");
     let (mut child, mut out) = spawn_child("holder", dir.path());
     wait_line(&mut out, "ready");
 
@@ -214,10 +208,7 @@ async fn second_process_gets_a_clear_error_and_reopen_after_kill_works() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_the_last_handle_releases_the_database() {
-    let dir = tempfile::Builder::new()
-        .prefix("kv-sled-release-")
-        .tempdir()
-        .unwrap();
+    let dir = kv_testkit::temp_dir("sled-release");
     let a = SledStore::connect(SledConfig::new(dir.path()))
         .await
         .unwrap();

@@ -9,10 +9,7 @@ use kv_sled::{SledConfig, SledStore};
 const DEADLINE: Duration = Duration::from_secs(20);
 
 fn dir(tag: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("kv-sled-{tag}-"))
-        .tempdir()
-        .unwrap()
+    kv_testkit::temp_dir(&format!("sled-{tag}"))
 }
 
 async fn open(path: &std::path::Path) -> SledStore {
@@ -258,22 +255,10 @@ async fn abandoned_lock_wait_leaves_nothing_behind() {
         .unwrap();
     assert_eq!(s.get("l").await.unwrap().value, b"3");
     drop(again);
-    kv_testkit_wait(|| async { (!s.exists("l").await.unwrap()).then_some(()) }).await;
-}
-
-async fn kv_testkit_wait<F, Fut>(mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<()>>,
-{
-    let start = Instant::now();
-    while check().await.is_none() {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "condition not met in {DEADLINE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    kv_testkit::wait_until("the dropped lock's key to be gone", DEADLINE, || async {
+        (!s.exists("l").await.unwrap()).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -506,6 +491,10 @@ async fn unread_watch_on_a_single_thread_runtime() {
             .await
             .unwrap();
     }
+    assert_eq!(
+        s.get("u/k").await.unwrap().value,
+        2_999u32.to_be_bytes().to_vec()
+    );
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use zookeeper_client as zk;
 use zookeeper_client::{AddWatchMode, EventType, PersistentWatcher, SessionState};
 
-use crate::{codec, tree, Conn, Inner};
+use crate::{codec, tree, Conn, Inner, Node};
 
 /// What the watch task should do after an event.
 #[derive(Default)]
@@ -66,23 +66,16 @@ impl Target for KeyTarget {
         _inner: &Inner,
         client: &zk::Client,
     ) -> std::result::Result<Option<i64>, zk::Error> {
-        let (state, exp) = match client.get_data(&self.path).await {
-            Ok((data, stat)) => {
-                let exp = codec::expiry_ms(&data, &stat);
-                match codec::decode(data, &stat, codec::now_ms()) {
-                    codec::Decoded::Value(v) => (
-                        Some(KvPair::new(self.key.clone(), v, stat.mzxid as u64)),
-                        exp,
-                    ),
-                    codec::Decoded::Expired => {
-                        Inner::reap(client, &self.path, &stat);
-                        (None, None)
-                    }
-                    codec::Decoded::NoValue => (None, None),
-                }
+        let (state, exp) = match Inner::read_node(client, &self.path).await? {
+            Node::Value(v, stat, ttl) => (
+                Some(KvPair::new(self.key.clone(), v, stat.mzxid as u64)),
+                ttl.map(|t| stat.mtime.saturating_add(t as i64)),
+            ),
+            Node::Expired(stat) => {
+                Inner::reap(client, &self.path, &stat);
+                (None, None)
             }
-            Err(zk::Error::NoNode) => (None, None),
-            Err(e) => return Err(e),
+            Node::NoValue(_) | Node::Missing => (None, None),
         };
         self.w.emit(state);
         Ok(exp)
@@ -233,9 +226,7 @@ async fn run<T: Target>(
         if p.terminal {
             // The session ended: wait for the store's new session (conn_rx) to re-arm.
             pw = None;
-            if outage_since.is_none() {
-                outage_since = Some(Instant::now());
-            }
+            outage_since.get_or_insert_with(Instant::now);
             continue;
         }
         if p.disconnected && !p.connected && outage_since.is_none() {
@@ -291,14 +282,11 @@ async fn run<T: Target>(
                 retry_at = Some(Instant::now() + backoff.next_delay());
                 match e {
                     Some(
-                        e @ (zk::Error::ConnectionLoss
+                        zk::Error::ConnectionLoss
                         | zk::Error::SessionExpired
-                        | zk::Error::SessionMoved),
+                        | zk::Error::SessionMoved,
                     ) => {
-                        let _ = e;
-                        if outage_since.is_none() {
-                            outage_since = Some(Instant::now());
-                        }
+                        outage_since.get_or_insert_with(Instant::now);
                     }
                     Some(zk::Error::ClientClosed)
                         if inner.is_closed.load(std::sync::atomic::Ordering::SeqCst) =>
@@ -313,9 +301,7 @@ async fn run<T: Target>(
                         }
                     }
                     None => {
-                        if outage_since.is_none() {
-                            outage_since = Some(Instant::now());
-                        }
+                        outage_since.get_or_insert_with(Instant::now);
                     }
                 }
             }
@@ -323,43 +309,46 @@ async fn run<T: Target>(
     }
 }
 
+/// Arms the watch on `path` for `target` (bounded by the store timeout, errors naming
+/// `name`) and spawns the task that keeps it up.
+async fn start<T: Target>(
+    inner: Arc<Inner>,
+    op: &str,
+    name: &str,
+    path: String,
+    mut target: T,
+) -> Result<()> {
+    let conn = inner.conn()?;
+    let (pw, exp) = inner
+        .timed(op, async {
+            arm(&inner, &conn, &path, &mut target)
+                .await
+                .map_err(|e| inner.err(e, name))
+        })
+        .await?;
+    tokio::spawn(run(inner.clone(), path, target, conn, pw, exp));
+    Ok(())
+}
+
 pub async fn watch_key(inner: Arc<Inner>, key: String) -> Result<WatchStream> {
     let path = inner.path(&key);
     let (w, stream) = key_watch();
-    let mut target = KeyTarget {
+    let target = KeyTarget {
         key: key.clone(),
         path: path.clone(),
         w,
     };
-    let conn = inner.conn()?;
-    let (pw, exp) = inner
-        .timed("watch", async {
-            match arm(&inner, &conn, &path, &mut target).await {
-                Ok(x) => Ok(x),
-                Err(e) => Err(inner.err(e, &key)),
-            }
-        })
-        .await?;
-    tokio::spawn(run(inner.clone(), path, target, conn, pw, exp));
+    start(inner, "watch", &key, path, target).await?;
     Ok(stream)
 }
 
 pub async fn watch_tree(inner: Arc<Inner>, prefix: String) -> Result<TreeWatchStream> {
     let path = inner.prefix_path(&prefix);
     let (w, stream) = tree_watch();
-    let mut target = TreeTarget {
+    let target = TreeTarget {
         prefix: prefix.clone(),
         w,
     };
-    let conn = inner.conn()?;
-    let (pw, exp) = inner
-        .timed("watch_tree", async {
-            match arm(&inner, &conn, &path, &mut target).await {
-                Ok(x) => Ok(x),
-                Err(e) => Err(inner.err(e, &prefix)),
-            }
-        })
-        .await?;
-    tokio::spawn(run(inner.clone(), path, target, conn, pw, exp));
+    start(inner, "watch_tree", &prefix, path, target).await?;
     Ok(stream)
 }

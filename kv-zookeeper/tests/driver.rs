@@ -13,6 +13,16 @@ async fn store(ep: &str, ns: &str) -> ZkStore {
         .unwrap()
 }
 
+/// The keys `list(prefix)` returns, in its order.
+async fn keys(s: &ZkStore, prefix: &str) -> Vec<String> {
+    s.list(prefix)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.key)
+        .collect()
+}
+
 /// A permanent write over a TTL znode must turn it into a permanent znode: the server's TTL
 /// sweep (every second on test servers) would otherwise remove the key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,14 +92,7 @@ async fn znode_mapping() {
         assert_eq!(p.key, k);
         assert_eq!(s.get(k).await.unwrap().value, k.as_bytes());
     }
-    let keys: Vec<String> = s
-        .list("pct")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.key)
-        .collect();
-    assert_eq!(keys, vec!["pct/%41", "pct/100%"]);
+    assert_eq!(keys(&s, "pct").await, vec!["pct/%41", "pct/100%"]);
     // Parents are znodes without value; a deleted key with children keeps them.
     s.put("a/b/c", b"1", PutOptions::default()).await.unwrap();
     assert!(!s.exists("a/b").await.unwrap());
@@ -129,24 +132,16 @@ async fn znode_mapping() {
         root.list("zookeeper").await,
         Err(Error::InvalidKey { .. })
     ));
-    assert!(root
-        .list("")
+    assert!(keys(&root, "")
         .await
-        .unwrap()
         .iter()
-        .all(|p| !p.key.starts_with("zookeeper")));
+        .all(|k| !k.starts_with("zookeeper")));
     // A lock key's contenders are invisible.
     let l = s
         .new_lock("locks/one", LockOptions::with_value("me"))
         .await
         .unwrap();
-    let listed: Vec<String> = s
-        .list("")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.key)
-        .collect();
+    let listed = keys(&s, "").await;
     assert!(listed.contains(&"locks/one".to_string()));
     assert!(
         listed.iter().all(|k| !k.starts_with(".kv-locks")),
