@@ -352,6 +352,13 @@ impl Inner {
         .await
     }
 
+    /// Revokes each lease of `ids` in the background (best effort, bounded by the timeout).
+    fn revoke_all_in_background(&self, ids: impl IntoIterator<Item = i64>) {
+        for id in ids {
+            self.revoke_in_background(id);
+        }
+    }
+
     pub(crate) fn revoke_in_background(&self, id: i64) {
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let lease = self.lease.clone();
@@ -618,9 +625,7 @@ impl Store for EtcdStore {
         let resp = match resp {
             Ok(r) => r,
             Err(e) => {
-                if let Some(id) = lease {
-                    inner.revoke_in_background(id);
-                }
+                inner.revoke_all_in_background(lease);
                 return Err(e);
             }
         };
@@ -753,9 +758,7 @@ impl Store for EtcdStore {
         {
             Ok(r) => r,
             Err(e) => {
-                if let Some(id) = lease {
-                    inner.revoke_in_background(id);
-                }
+                inner.revoke_all_in_background(lease);
                 return Err(e);
             }
         };
@@ -767,9 +770,7 @@ impl Store for EtcdStore {
                 version,
             });
         }
-        if let Some(id) = lease {
-            inner.revoke_in_background(id);
-        }
+        inner.revoke_all_in_background(lease);
         let actual = failure_versions(&resp).into_iter().next().flatten();
         Err(match (previous, actual) {
             (None, _) => Error::KeyExists { key },
@@ -839,9 +840,7 @@ impl Store for EtcdStore {
                                 e.insert(id);
                             }
                             Err(err) => {
-                                for id in leases.values() {
-                                    inner.revoke_in_background(*id);
-                                }
+                                inner.revoke_all_in_background(leases.values().copied());
                                 return Err(err);
                             }
                         }
@@ -904,16 +903,12 @@ impl Store for EtcdStore {
         let resp = match inner.kv_txn("txn", &first_key, Some(size), etxn).await {
             Ok(r) => r,
             Err(e) => {
-                for id in leases.values() {
-                    inner.revoke_in_background(*id);
-                }
+                inner.revoke_all_in_background(leases.values().copied());
                 return Err(e);
             }
         };
         if !resp.succeeded() {
-            for id in leases.values() {
-                inner.revoke_in_background(*id);
-            }
+            inner.revoke_all_in_background(leases.values().copied());
             let versions = failure_versions(&resp);
             for (i, c) in txn.compares.iter().enumerate() {
                 c.evaluate(i, versions.get(i).copied().flatten())?;

@@ -60,6 +60,14 @@ enum Outcome {
     Retry,
 }
 
+/// Waits out one backoff step, or fails with `Closed` if the store closes meanwhile.
+async fn back_off(inner: &Inner, backoff: &mut Backoff) -> Result<()> {
+    tokio::select! {
+        _ = inner.wait_closed() => Err(Error::Closed),
+        _ = backoff.wait() => Ok(()),
+    }
+}
+
 /// Waits for and takes the lock at normalized `key`.
 pub(crate) async fn acquire(inner: Arc<Inner>, key: String, options: LockOptions) -> Result<Lock> {
     loop {
@@ -132,10 +140,7 @@ async fn attempt(inner: &Arc<Inner>, key: &str, options: &LockOptions) -> Result
         let pred = match pred {
             Ok(p) => p,
             Err(e) if e.is_transient() => {
-                tokio::select! {
-                    _ = inner.wait_closed() => return Err(Error::Closed),
-                    _ = backoff.wait() => {}
-                }
+                back_off(inner, &mut backoff).await?;
                 continue;
             }
             Err(e) => return Err(e),
@@ -147,10 +152,7 @@ async fn attempt(inner: &Arc<Inner>, key: &str, options: &LockOptions) -> Result
         let mut stream = match crate::watch::open(inner, pred_key, Vec::new(), from, key).await {
             Ok(s) => s,
             Err(e) if e.is_transient() => {
-                tokio::select! {
-                    _ = inner.wait_closed() => return Err(Error::Closed),
-                    _ = backoff.wait() => {}
-                }
+                back_off(inner, &mut backoff).await?;
                 continue;
             }
             Err(e) => return Err(e),
@@ -170,10 +172,7 @@ async fn attempt(inner: &Arc<Inner>, key: &str, options: &LockOptions) -> Result
                         }
                     }
                     Ok(None) | Err(_) => {
-                        tokio::select! {
-                            _ = inner.wait_closed() => return Err(Error::Closed),
-                            _ = backoff.wait() => {}
-                        }
+                        back_off(inner, &mut backoff).await?;
                         break;
                     }
                 }

@@ -11,6 +11,16 @@ use kv_testkit::wait_until;
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
+/// The keys `list(prefix)` returns, in order.
+async fn keys(s: &EtcdStore, prefix: &str) -> Vec<String> {
+    s.list(prefix)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.key)
+        .collect()
+}
+
 async fn store(server: &EtcdServer, ns: &str) -> EtcdStore {
     EtcdStore::from_url(&format!("etcd://{}/{ns}", server.endpoint()))
         .await
@@ -38,14 +48,7 @@ async fn mapping_details() {
     s.put("foobar", b"x", PutOptions::default()).await.unwrap();
     s.put("foo/z", b"x", PutOptions::default()).await.unwrap();
     s.put("foo/a", b"x", PutOptions::default()).await.unwrap();
-    let keys: Vec<String> = s
-        .list("foo")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.key)
-        .collect();
-    assert_eq!(keys, vec!["foo/a", "foo/z"]);
+    assert_eq!(keys(&s, "foo").await, vec!["foo/a", "foo/z"]);
 
     // Stale version on atomic_delete is KeyModified, a gone key NotFound.
     match s.atomic_delete("a/b", &a2).await {
@@ -162,32 +165,11 @@ async fn namespaces_and_lock_bookkeeping_stay_private() {
         .new_lock("l", LockOptions::with_value("me"))
         .await
         .unwrap();
-    let all: Vec<String> = root
-        .list("")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.key)
-        .collect();
-    assert_eq!(all, vec!["l", "ns/k", "ns/l"]);
-    let in_ns: Vec<String> = ns
-        .list("")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.key)
-        .collect();
-    assert_eq!(in_ns, vec!["k", "l"]);
+    assert_eq!(keys(&root, "").await, vec!["l", "ns/k", "ns/l"]);
+    assert_eq!(keys(&ns, "").await, vec!["k", "l"]);
     lock_root.unlock().await.unwrap();
     lock_ns.unlock().await.unwrap();
-    let all: Vec<String> = root
-        .list("")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.key)
-        .collect();
-    assert_eq!(all, vec!["ns/k"]);
+    assert_eq!(keys(&root, "").await, vec!["ns/k"]);
     // Nothing of the lock recipe is left behind either.
     let raw = server.ctl(&["get", "", "--prefix", "--keys-only"]);
     let raw: Vec<&str> = raw.lines().filter(|l| !l.is_empty()).collect();
@@ -264,7 +246,7 @@ async fn watch_sees_every_change_and_tree_batches_per_revision() {
         .unwrap();
     assert_eq!(snap, vec![]);
 
-    // Compaction: the watch re-reads and goes on.
+    // The key watch still follows the key after the delete (compaction: see below).
     let rev = s
         .put("k", b"before", PutOptions::default())
         .await
