@@ -2,7 +2,25 @@
 
 use kv_core::{Error, KvPair, PutOptions, Store};
 
-use crate::{state_of, Context, Ctx, Outcome};
+use crate::{state_of, Context, Ctx, Failure, Outcome};
+
+/// Fails unless `e` is `KeyModified` naming `key` with the given (expected, actual) versions.
+fn check_key_modified(e: Error, key: &str, expected: u64, actual: u64) -> Outcome {
+    let got = match e {
+        Error::KeyModified {
+            key,
+            expected,
+            actual,
+        } => (key, expected, actual),
+        other => return Err(Failure::new(format!("expected KeyModified, got {other:?}"))),
+    };
+    check_eq!(
+        got,
+        (key.to_string(), expected, actual),
+        "KeyModified (key, expected, actual)"
+    );
+    Ok(())
+}
 
 /// Create-only: succeeds when absent, KeyExists (value untouched) when present.
 pub async fn create_only(store: &dyn Store, ctx: &Ctx) -> Outcome {
@@ -103,18 +121,7 @@ pub async fn compare_and_swap(store: &dyn Store, ctx: &Ctx) -> Outcome {
             "CAS with a stale pair (version {})",
             stale.version
         );
-        if let Error::KeyModified {
-            key,
-            expected,
-            actual,
-        } = e
-        {
-            check_eq!(
-                (key, expected, actual),
-                (k.clone(), stale.version, v3.version),
-                "KeyModified (key, expected, actual)"
-            );
-        }
+        check_key_modified(e, &k, stale.version, v3.version)?;
     }
     // A modification by a plain put makes the last pair stale too.
     let v4 = store.put(&k, b"v4", PutOptions::default()).await?;
@@ -213,18 +220,7 @@ pub async fn atomic_delete(store: &dyn Store, ctx: &Ctx) -> Outcome {
         Error::KeyModified { .. },
         "atomic_delete with a stale pair"
     );
-    if let Error::KeyModified {
-        key,
-        expected,
-        actual,
-    } = e
-    {
-        check_eq!(
-            (key, expected, actual),
-            (k.clone(), v1.version, v2.version),
-            "KeyModified (key, expected, actual)"
-        );
-    }
+    check_key_modified(e, &k, v1.version, v2.version)?;
     check_eq!(
         store.get(&k).await?,
         v2,

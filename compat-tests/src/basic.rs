@@ -121,14 +121,14 @@ pub async fn missing_key(store: &dyn Store, ctx: &Ctx) -> Outcome {
         Error::NotFound { .. },
         "get of a missing key"
     );
+    check!(
+        !store.exists(&k).await.ok_or_fail("exists")?,
+        "exists of a missing key is true"
+    );
     expect_err!(
         store.delete(&k).await,
         Error::NotFound { .. },
         "delete of a missing key"
-    );
-    check!(
-        !store.exists(&k).await.ok_or_fail("exists")?,
-        "exists of a missing key is true"
     );
     check!(
         !store.exists(&k).await.ok_or_fail("exists")?,

@@ -162,7 +162,7 @@ pub async fn releases_locks(store: &dyn Store, ctx: &Ctx) -> Outcome {
     )
     .await?
     .ok_or_fail("new_lock after the holder closed")?;
-    within("the closed holder's LostSignal", DEADLINE, lost.wait()).await?;
+    crate::lock::expect_lost(&lost, &k, "the closed holder's LostSignal").await?;
     check!(
         l.is_lost(),
         "the closed handle's lock does not report itself lost"

@@ -353,6 +353,24 @@ where
     }
 }
 
+/// Runs `check` every 50 ms for `window`, the last time when `window` has passed: the
+/// counterpart of [`eventually`] for "this must stay true for a while". Fails at the first `Err`.
+pub async fn throughout<F, Fut>(window: Duration, mut check: F) -> Outcome
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Outcome>,
+{
+    let end = Instant::now() + window;
+    loop {
+        check().await?;
+        let now = Instant::now();
+        if now >= end {
+            return Ok(());
+        }
+        tokio::time::sleep((end - now).min(Duration::from_millis(50))).await;
+    }
+}
+
 /// Fails if `fut` completes within `window` (used to prove that something waits, e.g. a
 /// lock acquisition while the lock is held). The future is dropped when the window elapses.
 pub async fn must_not_complete<T: fmt::Debug>(

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kv_core::{Error, Lock, LockOptions, PutOptions, Store};
+use kv_core::{Error, Lock, LockOptions, LostSignal, PutOptions, Store};
 
 use crate::{
     eventually, keys_of, must_not_complete, within, Context, Ctx, Failure, Outcome, Task, DEADLINE,
@@ -14,14 +14,47 @@ use crate::{
 /// How long a blocked acquisition is watched to prove that it waits.
 const BLOCKED_WINDOW: Duration = Duration::from_secs(2);
 
-async fn acquire(store: &dyn Store, key: &str, options: LockOptions, what: &str) -> Outcome<Lock> {
+async fn acquire_with(
+    store: &dyn Store,
+    key: &str,
+    options: LockOptions,
+    what: &str,
+) -> Outcome<Lock> {
     within(what, DEADLINE, store.new_lock(key, options))
         .await?
         .ok_or_fail(what)
 }
 
-async fn value_of(store: &dyn Store, key: &str) -> Outcome<Option<Vec<u8>>> {
-    Ok(crate::state_of(store, key).await?.map(|(v, _)| v))
+/// Acquires `key` with the lock value `value` (no TTL), within [`DEADLINE`].
+async fn acquire(store: &dyn Store, key: &str, value: &str, what: &str) -> Outcome<Lock> {
+    acquire_with(store, key, LockOptions::with_value(value), what).await
+}
+
+/// A task waiting in `new_lock(key)` on `store` (aborted if dropped).
+fn spawn_waiter(
+    store: Arc<dyn Store>,
+    key: &str,
+    value: &'static str,
+) -> Task<kv_core::Result<Lock>> {
+    let key = key.to_string();
+    Task::spawn(async move { store.new_lock(&key, LockOptions::with_value(value)).await })
+}
+
+/// Fails unless `key` holds `expected` (read through `store`).
+async fn check_value(store: &dyn Store, key: &str, expected: &str, what: &str) -> Outcome {
+    let got = crate::state_of(store, key).await?.map(|(v, _)| v);
+    check_eq!(got, Some(expected.as_bytes().to_vec()), "{what}");
+    Ok(())
+}
+
+/// Waits for `lost` to fire and checks that it names `key`.
+pub(crate) async fn expect_lost(lost: &LostSignal, key: &str, what: &str) -> Outcome {
+    let e = within(what, DEADLINE, lost.wait()).await?;
+    check!(
+        matches!(&e, Error::LockLost { key: k, .. } if k == key),
+        "{what}: LostSignal::wait gave {e:?}, expected LockLost for {key:?}"
+    );
+    Ok(())
 }
 
 /// lock, the value is visible from another handle, unlock removes it, relock works.
@@ -31,18 +64,20 @@ pub async fn lock_unlock_relock(store: &dyn Store, ctx: &Ctx) -> Outcome {
     let l = acquire(
         store,
         &format!("/{k}/"),
-        LockOptions::with_value("holder-1"),
+        "holder-1",
         "acquiring a free lock",
     )
     .await?;
     check_eq!(l.key(), k.as_str(), "Lock::key (normalized)");
     check_eq!(l.value(), b"holder-1", "Lock::value");
     check!(!l.is_lost(), "a fresh lock reports itself lost");
-    check_eq!(
-        value_of(&*other, &k).await?,
-        Some(b"holder-1".to_vec()),
-        "the lock value read by get from another handle"
-    );
+    check_value(
+        &*other,
+        &k,
+        "holder-1",
+        "the lock value read by get from another handle",
+    )
+    .await?;
     let listed = other.list(ctx.prefix()).await?;
     check!(
         listed.iter().any(|p| p.key == k && p.value == b"holder-1"),
@@ -58,31 +93,17 @@ pub async fn lock_unlock_relock(store: &dyn Store, ctx: &Ctx) -> Outcome {
         !store.exists(&k).await?,
         "the lock key still exists after unlock"
     );
-    let l2 = acquire(
-        store,
-        &k,
-        LockOptions::with_value("holder-2"),
-        "relocking on the same handle",
-    )
-    .await?;
-    check_eq!(
-        value_of(&*other, &k).await?,
-        Some(b"holder-2".to_vec()),
-        "the value after relock"
-    );
+    let l2 = acquire(store, &k, "holder-2", "relocking on the same handle").await?;
+    check_value(&*other, &k, "holder-2", "the value after relock").await?;
     l2.unlock().await.ok_or_fail("second unlock")?;
     let l3 = acquire(
         &*other,
         &k,
-        LockOptions::with_value("holder-3"),
+        "holder-3",
         "locking from the other handle after unlock",
     )
     .await?;
-    check_eq!(
-        value_of(store, &k).await?,
-        Some(b"holder-3".to_vec()),
-        "the value set by the other handle"
-    );
+    check_value(store, &k, "holder-3", "the value set by the other handle").await?;
     l3.unlock().await.ok_or_fail("third unlock")?;
     check_eq!(
         keys_of(&store.list(ctx.prefix()).await?),
@@ -97,29 +118,21 @@ pub async fn blocks_then_hands_over(store: &dyn Store, ctx: &Ctx) -> Outcome {
     let h2 = ctx.open_another().await?;
     let h3 = ctx.open_another().await?;
     let k = ctx.key("lock");
-    let held = acquire(
-        store,
-        &k,
-        LockOptions::with_value("first"),
-        "acquiring the free lock",
-    )
-    .await?;
+    let held = acquire(store, &k, "first", "acquiring the free lock").await?;
     must_not_complete(
         "a second handle's new_lock while the lock is held",
         BLOCKED_WINDOW,
         h2.new_lock(&k, LockOptions::with_value("second")),
     )
     .await?;
-    check_eq!(
-        value_of(&*h2, &k).await?,
-        Some(b"first".to_vec()),
-        "lock value after a blocked (abandoned) attempt"
-    );
-    let waiter = {
-        let (h3, k) = (h3.clone(), k.clone());
-        Task::spawn(async move { h3.new_lock(&k, LockOptions::with_value("third")).await })
-    };
-    let mut waiter = waiter;
+    check_value(
+        &*h2,
+        &k,
+        "first",
+        "lock value after a blocked (abandoned) attempt",
+    )
+    .await?;
+    let mut waiter = spawn_waiter(h3.clone(), &k, "third");
     must_not_complete(
         "a waiting acquirer while the lock is held",
         BLOCKED_WINDOW,
@@ -138,11 +151,7 @@ pub async fn blocks_then_hands_over(store: &dyn Store, ctx: &Ctx) -> Outcome {
     )
     .await??
     .ok_or_fail("the waiter's new_lock")?;
-    check_eq!(
-        value_of(&*h2, &k).await?,
-        Some(b"third".to_vec()),
-        "lock value after the hand-over"
-    );
+    check_value(&*h2, &k, "third", "lock value after the hand-over").await?;
     check!(!third.is_lost(), "the new holder's lock is lost");
     third
         .unlock()
@@ -158,29 +167,19 @@ pub async fn blocks_then_hands_over(store: &dyn Store, ctx: &Ctx) -> Outcome {
 /// A second new_lock on the same key waits, also from the same handle.
 pub async fn not_reentrant(store: &dyn Store, ctx: &Ctx) -> Outcome {
     let k = ctx.key("lock");
-    let held = acquire(
-        store,
-        &k,
-        LockOptions::with_value("one"),
-        "acquiring the free lock",
-    )
-    .await?;
+    let held = acquire(store, &k, "one", "acquiring the free lock").await?;
     must_not_complete(
         "a second new_lock on the same handle while held",
         BLOCKED_WINDOW,
         store.new_lock(&k, LockOptions::with_value("two")),
     )
     .await?;
-    check_eq!(
-        value_of(store, &k).await?,
-        Some(b"one".to_vec()),
-        "lock value after the blocked attempt"
-    );
+    check_value(store, &k, "one", "lock value after the blocked attempt").await?;
     held.unlock().await.ok_or_fail("unlock")?;
     let again = acquire(
         store,
         &k,
-        LockOptions::with_value("three"),
+        "three",
         "new_lock on the same handle after unlock",
     )
     .await?;
@@ -193,13 +192,7 @@ pub async fn abandoned_attempt(store: &dyn Store, ctx: &Ctx) -> Outcome {
     let h2 = ctx.open_another().await?;
     let h3 = ctx.open_another().await?;
     let k = ctx.key("lock");
-    let held = acquire(
-        store,
-        &k,
-        LockOptions::with_value("holder"),
-        "acquiring the free lock",
-    )
-    .await?;
+    let held = acquire(store, &k, "holder", "acquiring the free lock").await?;
     for i in 0..3 {
         must_not_complete(
             &format!("abandoned attempt #{i}"),
@@ -208,18 +201,10 @@ pub async fn abandoned_attempt(store: &dyn Store, ctx: &Ctx) -> Outcome {
         )
         .await?;
     }
-    check_eq!(
-        value_of(store, &k).await?,
-        Some(b"holder".to_vec()),
-        "lock value after abandoned attempts"
-    );
+    check_value(store, &k, "holder", "lock value after abandoned attempts").await?;
     held.unlock().await.ok_or_fail("unlock by the holder")?;
-    let third = acquire(&*h3, &k, LockOptions::with_value("third"), "a third handle acquiring after the holder's unlock (an abandoned attempt must not hold it)").await?;
-    check_eq!(
-        value_of(store, &k).await?,
-        Some(b"third".to_vec()),
-        "lock value held by the third handle"
-    );
+    let third = acquire(&*h3, &k, "third", "a third handle acquiring after the holder's unlock (an abandoned attempt must not hold it)").await?;
+    check_value(store, &k, "third", "lock value held by the third handle").await?;
     check_eq!(
         keys_of(&store.list(ctx.prefix()).await?),
         vec![k.clone()],
@@ -235,13 +220,7 @@ pub async fn abandoned_attempt(store: &dyn Store, ctx: &Ctx) -> Outcome {
     })
     .await?;
     // And the abandoned handle itself can take the lock normally now.
-    let again = acquire(
-        &*h2,
-        &k,
-        LockOptions::with_value("h2"),
-        "the abandoning handle acquiring later",
-    )
-    .await?;
+    let again = acquire(&*h2, &k, "h2", "the abandoning handle acquiring later").await?;
     again.unlock().await.ok_or_fail("unlock")?;
     Ok(())
 }
@@ -252,7 +231,7 @@ pub async fn ttl_expiry(store: &dyn Store, ctx: &Ctx) -> Outcome {
     let k = ctx.key("lease");
     let ttl = ctx.short_ttl();
     let t0 = Instant::now();
-    let holder = acquire(
+    let holder = acquire_with(
         store,
         &k,
         LockOptions::with_value("lease").ttl(ttl).keep_alive(false),
@@ -260,10 +239,7 @@ pub async fn ttl_expiry(store: &dyn Store, ctx: &Ctx) -> Outcome {
     )
     .await?;
     let lost = holder.lost_signal();
-    let mut waiter = {
-        let (h2, k) = (h2.clone(), k.clone());
-        Task::spawn(async move { h2.new_lock(&k, LockOptions::with_value("next")).await })
-    };
+    let mut waiter = spawn_waiter(h2.clone(), &k, "next");
     let next = within(
         &format!("a waiter to acquire the lease lock after its {ttl:?} TTL"),
         ttl + TTL_GRACE,
@@ -276,30 +252,24 @@ pub async fn ttl_expiry(store: &dyn Store, ctx: &Ctx) -> Outcome {
         elapsed >= ttl * 3 / 4,
         "the waiter acquired after {elapsed:?}, well before the holder's TTL of {ttl:?} passed"
     );
-    let e = within("the holder's LostSignal", DEADLINE, lost.wait()).await?;
-    check!(
-        matches!(&e, Error::LockLost { key, .. } if *key == k),
-        "LostSignal::wait gave {e:?}, expected LockLost for {k:?}"
-    );
+    expect_lost(&lost, &k, "the holder's LostSignal after its TTL").await?;
     check!(
         holder.is_lost(),
         "Lock::is_lost is false after its TTL passed"
     );
-    check_eq!(
-        value_of(store, &k).await?,
-        Some(b"next".to_vec()),
-        "lock value after the hand-over"
-    );
+    check_value(store, &k, "next", "lock value after the hand-over").await?;
     expect_err!(
         holder.unlock().await,
         Error::LockLost { .. },
         "unlock of an expired lease lock"
     );
-    check_eq!(
-        value_of(&*h2, &k).await?,
-        Some(b"next".to_vec()),
-        "the new holder's value after the old holder's unlock (it must not be removed)"
-    );
+    check_value(
+        &*h2,
+        &k,
+        "next",
+        "the new holder's value after the old holder's unlock (it must not be removed)",
+    )
+    .await?;
     check!(!next.is_lost(), "the new holder's lock is lost");
     next.unlock().await.ok_or_fail("unlock by the new holder")?;
     Ok(())
@@ -310,28 +280,18 @@ pub async fn lost_on_delete(store: &dyn Store, ctx: &Ctx) -> Outcome {
     let h2 = ctx.open_another().await?;
     let h3 = ctx.open_another().await?;
     let k = ctx.key("lock");
-    let holder = acquire(
-        store,
-        &k,
-        LockOptions::with_value("holder"),
-        "acquiring the free lock",
-    )
-    .await?;
+    let holder = acquire(store, &k, "holder", "acquiring the free lock").await?;
     let lost = holder.lost_signal();
     check!(!lost.is_lost(), "LostSignal fired before anything happened");
     h2.delete(&k)
         .await
         .ok_or_fail("delete of the lock key by another handle")?;
-    let e = within(
+    expect_lost(
+        &lost,
+        &k,
         "the holder's LostSignal after its key was deleted",
-        DEADLINE,
-        lost.wait(),
     )
     .await?;
-    check!(
-        matches!(&e, Error::LockLost { key, .. } if *key == k),
-        "LostSignal::wait gave {e:?}, expected LockLost for {k:?}"
-    );
     check!(
         holder.is_lost(),
         "Lock::is_lost is false after the key was deleted"
@@ -343,7 +303,7 @@ pub async fn lost_on_delete(store: &dyn Store, ctx: &Ctx) -> Outcome {
     let third = acquire(
         &*h3,
         &k,
-        LockOptions::with_value("third"),
+        "third",
         "another handle acquiring after the key was deleted",
     )
     .await?;
@@ -352,11 +312,13 @@ pub async fn lost_on_delete(store: &dyn Store, ctx: &Ctx) -> Outcome {
         Error::LockLost { .. },
         "unlock of a lost lock"
     );
-    check_eq!(
-        value_of(&*h2, &k).await?,
-        Some(b"third".to_vec()),
-        "the new holder's value after the lost holder's unlock"
-    );
+    check_value(
+        &*h2,
+        &k,
+        "third",
+        "the new holder's value after the lost holder's unlock",
+    )
+    .await?;
     check!(!third.is_lost(), "the new holder's lock is lost");
 
     // Overwritten by someone else: lost as well.
@@ -364,10 +326,10 @@ pub async fn lost_on_delete(store: &dyn Store, ctx: &Ctx) -> Outcome {
     h2.put(&k, b"intruder", PutOptions::default())
         .await
         .ok_or_fail("overwrite of the lock key")?;
-    within(
+    expect_lost(
+        &lost3,
+        &k,
         "the holder's LostSignal after its key was overwritten",
-        DEADLINE,
-        lost3.wait(),
     )
     .await?;
     expect_err!(
@@ -458,7 +420,7 @@ pub async fn replaces_plain_value(store: &dyn Store, ctx: &Ctx) -> Outcome {
     let l = acquire(
         &*other,
         &k,
-        LockOptions::with_value("locked"),
+        "locked",
         "locking a key that holds a plain value",
     )
     .await?;

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use kv_core::{Error, PutOptions, Store, Txn};
 
-use crate::{eventually, keys_of, wait_for_state, Context, Ctx, Outcome, TTL_GRACE};
+use crate::{eventually, keys_of, throughout, wait_for_state, Context, Ctx, Outcome, TTL_GRACE};
 
 /// Polls until `key` is absent, within `ttl + TTL_GRACE`; returns when it was first seen absent.
 async fn wait_absent(store: &dyn Store, key: &str, ttl: Duration, what: &str) -> Outcome<Instant> {
@@ -200,20 +200,22 @@ pub async fn rewrite_makes_permanent(store: &dyn Store, ctx: &Ctx) -> Outcome {
         .ok_or_fail("put with a longer TTL")?;
     // Once a key written at the same time with the same TTL has expired, the old TTL has passed.
     wait_absent(store, &control, ttl, "the control key to expire").await?;
-    // A negative check needs a window: give a wrongly kept old TTL another second to act
-    // (backends may expire in batches).
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    for (k, v) in [
-        (&by_put, "permanent"),
-        (&by_cas, "permanent"),
-        (&longer, "longer"),
-    ] {
-        let got = store.get(k).await.ok_or_fail(&format!(
-            "get {k:?} after its first TTL passed (it was rewritten)"
-        ))?;
-        check_eq!(got.value_str(), v, "value of {k:?}");
-    }
-    Ok(())
+    // A negative check needs a window: the rewritten keys must stay for another second, in
+    // which a wrongly kept old TTL could act (backends may expire in batches).
+    throughout(Duration::from_secs(1), || async {
+        for (k, v) in [
+            (&by_put, "permanent"),
+            (&by_cas, "permanent"),
+            (&longer, "longer"),
+        ] {
+            let got = store.get(k).await.ok_or_fail(&format!(
+                "get {k:?} after its first TTL passed (it was rewritten)"
+            ))?;
+            check_eq!(got.value_str(), v, "value of {k:?}");
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// A TTL key written by a handle that is then closed still expires (and not at the close).
@@ -231,10 +233,17 @@ pub async fn writer_closed(store: &dyn Store, ctx: &Ctx) -> Outcome {
         .await
         .ok_or_fail("close of the writing handle")?;
     let present = store.exists(&k).await?;
-    if t0.elapsed() < ttl / 2 {
+    let elapsed = t0.elapsed();
+    if elapsed < ttl / 2 {
         check!(
             present,
             "the TTL key vanished when its writer closed, before its TTL ({ttl:?}) passed"
+        );
+    } else {
+        eprintln!(
+            "SKIPPED part of {}: put + close took {elapsed:?} (TTL {ttl:?}), too slow to tell \
+             expiry at close from expiry after the TTL",
+            ctx.scenario()
         );
     }
     wait_absent(

@@ -4,6 +4,16 @@ use kv_core::{CompareFailure, Error, KvPair, PutOptions, Store, Txn, TxnResult};
 
 use crate::{keys_of, state_of, Context, Ctx, Outcome};
 
+/// The pair of a `TxnResult::Put`, or a failure naming `what`.
+fn put_result(result: &TxnResult, what: &str) -> Outcome<KvPair> {
+    match result {
+        TxnResult::Put(p) => Ok(p.clone()),
+        other => Err(crate::Failure::new(format!(
+            "{what}: expected Put(pair), got {other:?}"
+        ))),
+    }
+}
+
 /// Every compare holds: every op applies, results aligned with the ops.
 pub async fn applies_all(store: &dyn Store, ctx: &Ctx) -> Outcome {
     let (a, b, c, d, e, f) = (
@@ -32,14 +42,7 @@ pub async fn applies_all(store: &dyn Store, ctx: &Ctx) -> Outcome {
         .await
         .ok_or_fail("a transaction whose compares all hold")?;
     check_eq!(res.len(), 6, "number of results (one per op)");
-    let put_a = match &res[0] {
-        TxnResult::Put(p) => p.clone(),
-        other => {
-            return Err(crate::Failure::new(format!(
-                "result #0 (put a): expected Put(pair), got {other:?}"
-            )))
-        }
-    };
+    let put_a = put_result(&res[0], "result #0 (put a)")?;
     check_eq!(
         (put_a.key.as_str(), put_a.value.as_slice()),
         (a.as_str(), &b"a2"[..]),
@@ -51,14 +54,7 @@ pub async fn applies_all(store: &dyn Store, ctx: &Ctx) -> Outcome {
         put_a.version,
         pa.version
     );
-    let put_b = match &res[1] {
-        TxnResult::Put(p) => p.clone(),
-        other => {
-            return Err(crate::Failure::new(format!(
-                "result #1 (put b): expected Put(pair), got {other:?}"
-            )))
-        }
-    };
+    let put_b = put_result(&res[1], "result #1 (put b)")?;
     check_eq!(
         (put_b.key.as_str(), put_b.value.as_slice()),
         (b.as_str(), &b"b1"[..]),
@@ -291,6 +287,12 @@ pub async fn size_limit(store: &dyn Store, ctx: &Ctx) -> Outcome {
             keys_of(&store.list(ctx.prefix()).await?),
             Vec::<String>::new(),
             "keys after the oversized txn"
+        );
+    } else {
+        eprintln!(
+            "SKIPPED part of {}: max_txn_ops is {max}, too many to build max_txn_ops + 1 ops; \
+             the InvalidArgument for an oversized txn is not checked",
+            ctx.scenario()
         );
     }
     let n = max.min(4096);

@@ -115,6 +115,11 @@ pub async fn max_value_size(store: &dyn Store, ctx: &Ctx) -> Outcome {
     );
     if max > 64 << 20 {
         // Building max+1 bytes is not reasonable; the accepted size was still checked above.
+        eprintln!(
+            "SKIPPED part of {}: max_value_size is {max} bytes, too large to write \
+             max_value_size + 1 bytes; ValueTooLarge is not checked",
+            ctx.scenario()
+        );
         return Ok(());
     }
     let too_big = vec![7u8; max + 1];
