@@ -185,8 +185,8 @@ impl Http {
         key: &str,
         block: Option<(u64, Duration)>,
     ) -> Result<(Option<Entry>, u64)> {
-        let (q, budget) = blocking_query("", block, self.timeout);
-        let path = format!("/v1/kv/{}{q}", encode_path(key));
+        let mut path = encode_path("/v1/kv/", key);
+        let budget = blocking_query(&mut path, false, block, self.timeout);
         let r = self.send("get", Method::GET, &path, None, budget).await?;
         match r.status {
             StatusCode::OK => {
@@ -204,8 +204,8 @@ impl Http {
         raw_prefix: &str,
         block: Option<(u64, Duration)>,
     ) -> Result<(Vec<Entry>, u64)> {
-        let (q, budget) = blocking_query("recurse", block, self.timeout);
-        let path = format!("/v1/kv/{}{q}", encode_path(raw_prefix));
+        let mut path = encode_path("/v1/kv/", raw_prefix);
+        let budget = blocking_query(&mut path, true, block, self.timeout);
         let r = self.send("list", Method::GET, &path, None, budget).await?;
         match r.status {
             StatusCode::OK => Ok((decode("list", &r.body)?, r.index.unwrap_or(0))),
@@ -216,7 +216,8 @@ impl Http {
 
     /// DELETE `?recurse` on a raw prefix.
     pub async fn kv_delete_prefix(&self, raw_prefix: &str) -> Result<()> {
-        let path = format!("/v1/kv/{}?recurse", encode_path(raw_prefix));
+        let mut path = encode_path("/v1/kv/", raw_prefix);
+        blocking_query(&mut path, true, None, self.timeout);
         let r = self
             .send("delete_tree", Method::DELETE, &path, None, self.timeout)
             .await?;
@@ -232,7 +233,6 @@ impl Http {
         let items: Vec<TxnItem<'_>> = ops.iter().map(|kv| TxnItem { kv }).collect();
         let body =
             serde_json::to_vec(&items).map_err(|e| Error::invalid_argument(e.to_string()))?;
-        let key = ops.first().map(|o| o.key.clone()).unwrap_or_default();
         let r = self
             .send(operation, Method::PUT, "/v1/txn", Some(body), self.timeout)
             .await?;
@@ -251,7 +251,10 @@ impl Http {
                 let t: TxnResponse = decode(operation, &r.body)?;
                 Ok(TxnOutcome::Rejected(t.errors.unwrap_or_default()))
             }
-            _ => Err(status_error(operation, &key, &r)),
+            _ => {
+                let key = ops.first().map_or("", |o| o.key.as_str());
+                Err(status_error(operation, key, &r))
+            }
         }
     }
 
@@ -290,7 +293,7 @@ impl Http {
             .send(
                 "destroy session",
                 Method::PUT,
-                &format!("/v1/session/destroy/{}", encode_path(id)),
+                &encode_path("/v1/session/destroy/", id),
                 None,
                 self.timeout,
             )
@@ -308,7 +311,7 @@ impl Http {
             .send(
                 "renew session",
                 Method::PUT,
-                &format!("/v1/session/renew/{}", encode_path(id)),
+                &encode_path("/v1/session/renew/", id),
                 None,
                 self.timeout,
             )
@@ -321,27 +324,56 @@ impl Http {
     }
 }
 
-/// Query string and time budget for a (possibly blocking) read.
+/// Appends the query string of a (possibly blocking, possibly `recurse`) read to `path`;
+/// returns the read's time budget.
 fn blocking_query(
-    flag: &str,
+    path: &mut String,
+    recurse: bool,
     block: Option<(u64, Duration)>,
     timeout: Duration,
-) -> (String, Duration) {
-    let mut parts = Vec::new();
-    if !flag.is_empty() {
-        parts.push(flag.to_string());
+) -> Duration {
+    use std::fmt::Write as _;
+    if recurse {
+        path.push_str("?recurse");
     }
-    let mut budget = timeout;
-    if let Some((index, wait)) = block {
-        if index > 0 {
-            parts.push(format!("index={index}"));
-            parts.push(format!("wait={}", go_duration(wait)));
-            budget = wait + wait / 16 + timeout;
+    match block {
+        Some((index, wait)) if index > 0 => {
+            let sep = if recurse { '&' } else { '?' };
+            let _ = write!(path, "{sep}index={index}&wait={}", go_duration(wait));
+            wait + wait / 16 + timeout
         }
+        _ => timeout,
     }
-    if parts.is_empty() {
-        (String::new(), budget)
-    } else {
-        (format!("?{}", parts.join("&")), budget)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries() {
+        let t = Duration::from_secs(10);
+        let w = Duration::from_secs(16);
+        let q = |recurse, block| {
+            let mut p = String::from("/v1/kv/a");
+            let b = blocking_query(&mut p, recurse, block, t);
+            (p, b)
+        };
+        assert_eq!(q(false, None), ("/v1/kv/a".into(), t));
+        assert_eq!(q(true, Some((0, w))), ("/v1/kv/a?recurse".into(), t));
+        assert_eq!(
+            q(false, Some((7, w))),
+            (
+                "/v1/kv/a?index=7&wait=16000ms".into(),
+                w + Duration::from_secs(1) + t
+            )
+        );
+        assert_eq!(
+            q(true, Some((7, w))),
+            (
+                "/v1/kv/a?recurse&index=7&wait=16000ms".into(),
+                w + Duration::from_secs(1) + t
+            )
+        );
     }
 }

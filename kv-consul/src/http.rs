@@ -5,9 +5,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use kv_core::{Error, Result};
+use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
 
 use crate::BACKEND;
+
+const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-consul-token");
 
 /// A response whose status the caller decides about.
 pub(crate) struct Response {
@@ -66,7 +69,7 @@ pub(crate) fn to_error(f: Failure) -> Error {
                     after: timeout,
                 };
             }
-            let lower = message.to_ascii_lowercase();
+            let lower = causes(&error);
             if lower.contains("certificate required")
                 || lower.contains("bad certificate")
                 || lower.contains("certificaterequired")
@@ -175,19 +178,32 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
+/// The causes of a transport error, lowercased, without reqwest's own message: that message
+/// holds the request URL, hence the key, and a key may contain any word ("tls", ...).
+fn causes(e: &reqwest::Error) -> String {
+    std::error::Error::source(e)
+        .map(|c| error_chain(c).to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
 /// Characters kept as-is in a key's URL path; everything else is percent-encoded.
 fn keep(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/')
 }
 
-/// Percent-encodes a stored key for `/v1/kv/<key>` (Consul decodes the path).
-pub(crate) fn encode_path(key: &str) -> String {
-    let mut out = String::with_capacity(key.len());
+/// `base` followed by `key` percent-encoded, e.g. a stored key for `/v1/kv/<key>` (Consul
+/// decodes the path). Room is left for a query string.
+pub(crate) fn encode_path(base: &str, key: &str) -> String {
+    let mut out = String::with_capacity(base.len() + key.len() + 32);
+    out.push_str(base);
     for &b in key.as_bytes() {
         if keep(b) {
             out.push(b as char);
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            const HEX: &[u8; 16] = b"0123456789ABCDEF";
+            out.push('%');
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 0xF)] as char);
         }
     }
     out
@@ -199,27 +215,38 @@ pub(crate) struct Http {
     /// `http://h:p` / `https://h:p`, no trailing slash.
     bases: Vec<String>,
     current: AtomicUsize,
-    token: Option<String>,
+    /// `X-Consul-Token`, validated once (marked sensitive: never printed).
+    token: Option<HeaderValue>,
     pub timeout: Duration,
     /// Connect timeout of the client (for error messages).
-    pub connect_timeout: Duration,
+    connect_timeout: Duration,
 }
 
 impl Http {
     pub fn new(
         client: reqwest::Client,
         bases: Vec<String>,
-        token: Option<String>,
+        token: Option<&str>,
         timeout: Duration,
-    ) -> Self {
-        Http {
+        connect_timeout: Duration,
+    ) -> Result<Self> {
+        let token = token
+            .map(|t| {
+                let mut v = HeaderValue::from_str(t).map_err(|_| {
+                    Error::config("the ACL token must not contain control or non-ASCII characters")
+                })?;
+                v.set_sensitive(true);
+                Ok::<_, Error>(v)
+            })
+            .transpose()?;
+        Ok(Http {
             client,
             bases,
             current: AtomicUsize::new(0),
             token,
             timeout,
-            connect_timeout: timeout,
-        }
+            connect_timeout,
+        })
     }
 
     pub fn endpoints(&self) -> String {
@@ -262,7 +289,7 @@ impl Http {
                 .client
                 .request(method.clone(), format!("{base}{path_and_query}"));
             if let Some(t) = &self.token {
-                req = req.header("X-Consul-Token", t);
+                req = req.header(TOKEN_HEADER, t.clone());
             }
             if let Some(b) = &body {
                 req = req.body(b.clone());
@@ -314,7 +341,7 @@ impl Http {
 
 /// A TLS verification failure is a configuration problem: do not hide it behind failover.
 fn is_tls_rejection(e: &reqwest::Error) -> bool {
-    let m = error_chain(e).to_ascii_lowercase();
+    let m = causes(e);
     m.contains("certificate") || m.contains("tls")
 }
 
@@ -324,8 +351,11 @@ mod tests {
 
     #[test]
     fn paths_are_encoded() {
-        assert_eq!(encode_path("a/b c/%?#"), "a/b%20c/%25%3F%23");
-        assert_eq!(encode_path("ünï"), "%C3%BCn%C3%AF");
+        assert_eq!(
+            encode_path("/v1/kv/", "a/b c/%?#"),
+            "/v1/kv/a/b%20c/%25%3F%23"
+        );
+        assert_eq!(encode_path("", "ünï"), "%C3%BCn%C3%AF");
     }
 
     #[test]
@@ -354,5 +384,27 @@ mod tests {
         }
         assert!(matches!(st(500, "boom"), Error::Backend { .. }));
         assert!(matches!(st(400, "bad"), Error::InvalidArgument { .. }));
+    }
+
+    /// The request URL (which holds the key) must not decide how a transport error is read.
+    #[tokio::test]
+    async fn url_words_do_not_classify_transport_errors() {
+        let (client, _, timeout) = crate::build_client(&crate::ConsulConfig::new(["h"])).unwrap();
+        let dead = kv_testkit::free_port();
+        let error = client
+            .get(format!(
+                "http://127.0.0.1:{dead}/v1/kv/tls/certificate/badcertificate"
+            ))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(error.is_connect(), "{error:?}");
+        assert!(!is_tls_rejection(&error), "{error:?}");
+        let e = to_error(Failure::Transport {
+            endpoint: format!("http://127.0.0.1:{dead}"),
+            error,
+            timeout,
+        });
+        assert!(matches!(e, Error::Unreachable { .. }), "{e:?}");
     }
 }

@@ -487,8 +487,13 @@ impl ConsulStore {
             .iter()
             .map(|h| normalize_endpoint(h, https))
             .collect::<Result<Vec<_>>>()?;
-        let mut http = Http::new(client, bases, config.token.clone(), config.timeout);
-        http.connect_timeout = connect_timeout;
+        let http = Http::new(
+            client,
+            bases,
+            config.token.as_deref(),
+            config.timeout,
+            connect_timeout,
+        )?;
         let (shutdown, _) = tokio::sync::watch::channel(false);
         let store = ConsulStore {
             inner: Arc::new(Inner {
@@ -626,11 +631,7 @@ impl Inner {
                     return Err(txn_error("put", full, errs));
                 }
                 if let Some(e) = errs.iter().find(|e| !e.what.contains("index is stale")) {
-                    return Err(http::to_error(http::Failure::TxnWhat {
-                        operation: "put".into(),
-                        key: full.to_string(),
-                        what: e.what.clone(),
-                    }));
+                    return Err(what_error("put", full, &e.what));
                 }
                 return Ok(None);
             }
@@ -708,11 +709,7 @@ impl Inner {
                 }
                 TxnOutcome::Rejected(errs) => {
                     if let Some(e) = errs.iter().find(|e| is_fatal_what(&e.what)) {
-                        return Err(http::to_error(http::Failure::TxnWhat {
-                            operation: "put".into(),
-                            key: full.to_string(),
-                            what: e.what.clone(),
-                        }));
+                        return Err(what_error("put", full, &e.what));
                     }
                     // The key changed between the read and the write: read again.
                 }
@@ -751,16 +748,22 @@ pub(crate) fn missing_result(op: &str) -> Error {
     }
 }
 
+/// The error of a refused transaction: every error entry's reason.
 pub(crate) fn txn_error(op: &str, key: &str, errs: Vec<api::TxnErrorItem>) -> Error {
     let what = errs
         .into_iter()
         .map(|e| e.what)
         .collect::<Vec<_>>()
         .join("; ");
+    what_error(op, key, &what)
+}
+
+/// The error of one transaction error entry (`What`).
+pub(crate) fn what_error(op: &str, key: &str, what: &str) -> Error {
     http::to_error(http::Failure::TxnWhat {
         operation: op.to_string(),
         key: key.to_string(),
-        what,
+        what: what.to_string(),
     })
 }
 
@@ -781,13 +784,13 @@ impl Store for ConsulStore {
         check_key_ttl(options.ttl)?;
         let full = self.inner.full(&key);
         let t = self.inner.http.timeout;
-        kv_core::retry::timed("put", t, async {
+        kv_core::retry::timed("put", t, async move {
             let e = self
                 .inner
                 .write(&full, value, options.ttl, Cond::Any)
                 .await?
                 .ok_or_else(|| missing_result("put"))?;
-            Ok(KvPair::new(key.clone(), value.to_vec(), e.modify_index))
+            Ok(KvPair::new(key, value.to_vec(), e.modify_index))
         })
         .await
     }
@@ -882,19 +885,19 @@ impl Store for ConsulStore {
             Some(p) => Cond::Version(p.version),
         };
         let t = self.inner.http.timeout;
-        kv_core::retry::timed("atomic_put", t, async {
+        kv_core::retry::timed("atomic_put", t, async move {
             loop {
                 if let Some(e) = self.inner.write(&full, value, options.ttl, cond).await? {
-                    return Ok(KvPair::new(key.clone(), value.to_vec(), e.modify_index));
+                    return Ok(KvPair::new(key, value.to_vec(), e.modify_index));
                 }
                 // Refused: say why (and retry in the rare case the state changed back).
                 let cur = self.inner.get_entry(&full).await?;
                 match (cond, cur) {
-                    (Cond::Absent, Some(_)) => return Err(Error::KeyExists { key: key.clone() }),
-                    (Cond::Version(_), None) => return Err(Error::not_found(key.clone())),
+                    (Cond::Absent, Some(_)) => return Err(Error::KeyExists { key }),
+                    (Cond::Version(_), None) => return Err(Error::not_found(key)),
                     (Cond::Version(v), Some(e)) if e.modify_index != v => {
                         return Err(Error::KeyModified {
-                            key: key.clone(),
+                            key,
                             expected: v,
                             actual: e.modify_index,
                         })
@@ -922,11 +925,7 @@ impl Store for ConsulStore {
                     TxnOutcome::Ok(_) => return Ok(()),
                     TxnOutcome::Rejected(errs) => {
                         if let Some(e) = errs.iter().find(|e| is_fatal_what(&e.what)) {
-                            return Err(http::to_error(http::Failure::TxnWhat {
-                                operation: "atomic_delete".into(),
-                                key: key.clone(),
-                                what: e.what.clone(),
-                            }));
+                            return Err(what_error("atomic_delete", &key, &e.what));
                         }
                     }
                 }
@@ -1015,6 +1014,15 @@ mod tests {
             check_key_ttl(Some(MAX_TTL + Duration::from_secs(1))),
             Err(Error::Unsupported { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_token_that_is_no_header_value_is_a_config_error() {
+        let c = ConsulConfig::new(["127.0.0.1:1"]).token("a\nb");
+        match ConsulStore::connect(c).await {
+            Err(Error::Config { message }) => assert!(message.contains("ACL token"), "{message}"),
+            r => panic!("{:?}", r.err()),
+        }
     }
 
     #[cfg(not(feature = "tls"))]

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::api::{Entry, KvOp, TxnOutcome, LOCK_FLAG};
-use crate::watch::WAIT;
+use crate::watch::{next_index, WAIT};
 use crate::{is_fatal_what, Inner, BACKEND, MAX_TTL, MAX_VALUE_SIZE, MIN_LOCK_TTL};
 
 /// Consul's session TTL for a lock TTL: half of it (invalidation happens after twice the
@@ -138,7 +138,7 @@ pub(crate) async fn new_lock(inner: Arc<Inner>, key: String, opts: LockOptions) 
             }
             if e.held() {
                 // Held by someone: block until the key changes.
-                index = if got < index { 0 } else { got.max(1) };
+                index = next_index(index, got);
                 continue;
             }
         }
@@ -164,11 +164,7 @@ pub(crate) async fn new_lock(inner: Arc<Inner>, key: String, opts: LockOptions) 
                     continue;
                 }
                 if let Some(e) = errs.iter().find(|e| is_fatal_what(&e.what)) {
-                    return Err(crate::http::to_error(crate::http::Failure::TxnWhat {
-                        operation: "new_lock".into(),
-                        key: key.clone(),
-                        what: e.what.clone(),
-                    }));
+                    return Err(crate::what_error("new_lock", &key, &e.what));
                 }
                 if errs.iter().any(|e| e.what.contains("lock delay")) {
                     // Another client's session left a lock-delay on the key.
@@ -279,15 +275,16 @@ impl Holder {
     }
 
     async fn destroy(&self) -> Result<()> {
-        let mut last = Ok(());
-        for attempt in 0..3 {
+        let mut attempt = 1;
+        loop {
             match self.inner.http.session_destroy(&self.session).await {
-                Ok(()) => return Ok(()),
-                Err(e) => last = Err(e),
+                Err(_) if attempt < 3 => {
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                    attempt += 1;
+                }
+                r => return r,
             }
-            tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
         }
-        last
     }
 
     async fn watch(&self, release_rx: &mut oneshot::Receiver<Reply>) -> Exit {
@@ -358,7 +355,7 @@ impl Holder {
                             if e.modify_index != self.held_index {
                                 return Exit::Lost("its key was overwritten".into());
                             }
-                            index = if got < index { 0 } else { got.max(1) };
+                            index = next_index(index, got);
                         }
                         Err(_) => {
                             // Renewal decides about loss while the agent is unreachable.

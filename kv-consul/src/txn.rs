@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use kv_core::{Compare, Error, KvPair, Result, Txn, TxnOp, TxnResult};
 
 use crate::api::{Entry, KvOp, TxnOutcome, TTL_FLAG};
-use crate::{is_fatal_what, txn_error, Inner, BACKEND, MAX_TXN_OPS};
+use crate::{is_fatal_what, txn_error, what_error, Inner, BACKEND, MAX_TXN_OPS};
 
 /// What a Consul op stands for.
 #[derive(Clone, Copy)]
@@ -127,13 +127,10 @@ async fn run_inner(
             TxnOutcome::Rejected(mut errs) => {
                 errs.sort_by_key(|e| e.op_index);
                 if let Some(e) = errs.iter().find(|e| is_fatal_what(&e.what)) {
-                    return Err(txn_error(
+                    return Err(what_error(
                         "txn",
                         &ops[e.op_index.min(ops.len() - 1)].key,
-                        vec![crate::api::TxnErrorItem {
-                            op_index: e.op_index,
-                            what: e.what.clone(),
-                        }],
+                        &e.what,
                     ));
                 }
                 // The first failing compare decides; its reason comes from a fresh read.

@@ -18,7 +18,7 @@ const UNCHANGED_PAUSE: Duration = Duration::from_millis(100);
 
 /// The next index to block on, following Consul's rules: reset when the index goes backwards,
 /// never below 1 once a result was seen.
-fn next_index(prev: u64, got: u64) -> u64 {
+pub(crate) fn next_index(prev: u64, got: u64) -> u64 {
     if got < prev {
         0
     } else {
