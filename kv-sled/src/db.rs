@@ -1,14 +1,16 @@
 //! The database shared by every handle of one path in this process: sled, versions, expiry,
-//! the reaper thread, the watch hub and the lock table.
+//! the reaper thread, the flusher thread, the watch hub and the lock table.
 
 use std::collections::HashMap;
+use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kv_core::{Error, Result};
 
+use crate::flusher::Flusher;
 use crate::hub::{spawn_dispatcher, Hub};
 use crate::record::{expiry_key, now_ms, parse_expiry_key, Record};
 use crate::BACKEND;
@@ -67,9 +69,13 @@ pub(crate) enum Action {
 
 /// State shared by every handle of one database.
 pub(crate) struct Shared {
-    pub db: sled::Db,
-    pub data: sled::Tree,
-    pub expiry: sled::Tree,
+    /// The sled handles are handed to the flusher thread on drop (see [`Flusher`]), so sled's
+    /// flushing drop never runs on an async worker thread.
+    pub db: ManuallyDrop<sled::Db>,
+    pub data: ManuallyDrop<sled::Tree>,
+    pub expiry: ManuallyDrop<sled::Tree>,
+    /// Owns every flush of this database (group commit).
+    pub flusher: Arc<Flusher>,
     pub hub: Arc<Hub>,
     reaper: Arc<ReaperSignal>,
     stop: Arc<AtomicBool>,
@@ -79,8 +85,6 @@ pub(crate) struct Shared {
     pub lock_freed: tokio::sync::Notify,
     /// Open `SledStore` handles on this database (closing the last one releases it).
     pub handles: std::sync::atomic::AtomicUsize,
-    /// Canonical database directory.
-    pub path: PathBuf,
 }
 
 impl Drop for Shared {
@@ -88,16 +92,53 @@ impl Drop for Shared {
         self.stop.store(true, Ordering::Release);
         self.reaper.wake();
         self.hub.shutdown();
+        // SAFETY: the fields are never used again; this is the end of `drop`.
+        let handles = unsafe {
+            (
+                ManuallyDrop::take(&mut self.db),
+                ManuallyDrop::take(&mut self.data),
+                ManuallyDrop::take(&mut self.expiry),
+            )
+        };
+        self.flusher.stop(Box::new(handles));
     }
 }
 
-fn registry() -> &'static Mutex<HashMap<PathBuf, Weak<Shared>>> {
-    static R: OnceLock<Mutex<HashMap<PathBuf, Weak<Shared>>>> = OnceLock::new();
+/// A database of this process, by canonical path: the shared state while it is open, and its
+/// flusher, which says when a closed database has really released its files.
+struct Entry {
+    shared: Weak<Shared>,
+    flusher: Arc<Flusher>,
+}
+
+fn registry() -> &'static Mutex<HashMap<PathBuf, Entry>> {
+    static R: OnceLock<Mutex<HashMap<PathBuf, Entry>>> = OnceLock::new();
     R.get_or_init(Default::default)
 }
 
-/// Opens (or joins) the database at `path`. Blocking: call from `spawn_blocking`.
-pub(crate) fn open_shared(path: &Path) -> Result<Arc<Shared>> {
+/// Opens (or joins) the database at `path`, first waiting (asynchronously) for a database of
+/// this process at the same path that is still releasing its files after its last close.
+pub(crate) async fn open(path: PathBuf) -> Result<Arc<Shared>> {
+    loop {
+        let p = path.clone();
+        let opened = tokio::task::spawn_blocking(move || open_shared(&p))
+            .await
+            .map_err(|e| Error::backend(BACKEND, "the open task failed", e))??;
+        match opened {
+            Opened::Ready(shared) => return Ok(shared),
+            Opened::Releasing(flusher) => flusher.released().await,
+        }
+    }
+}
+
+enum Opened {
+    Ready(Arc<Shared>),
+    /// The path's previous database in this process is still being released.
+    Releasing(Arc<Flusher>),
+}
+
+/// One attempt to open or join the database at `path`. Blocking: runs in `spawn_blocking`.
+fn open_shared(path: &Path) -> Result<Opened> {
     std::fs::create_dir_all(path).map_err(|e| {
         Error::config(format!(
             "cannot create the sled directory {}: {e}",
@@ -112,40 +153,33 @@ pub(crate) fn open_shared(path: &Path) -> Result<Arc<Shared>> {
     })?;
     // The registry lock is held while opening, so two handles of one path never race.
     let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
-    let had_entry = match reg.get(&canonical) {
-        Some(w) => match w.upgrade() {
-            Some(shared) => return Ok(shared),
-            None => true,
-        },
-        None => false,
-    };
-    reg.retain(|_, w| w.strong_count() > 0);
-    // A database of this process that was just closed may still be releasing its file lock.
-    let deadline = Instant::now() + Duration::from_secs(if had_entry { 5 } else { 0 });
-    let db = loop {
-        // sled flushes every 500 ms in the background; with `flush` every write also waits
-        // for its own flush (done by the caller).
-        let cfg = sled::Config::new()
-            .path(&canonical)
-            .flush_every_ms(Some(500));
-        match cfg.open() {
-            Ok(db) => break db,
-            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
-                if Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(50));
-                    continue;
-                }
-                return Err(Error::config(format!(
-                    "the sled database at {} is in use by another process ({e})",
-                    canonical.display()
-                )));
-            }
-            Err(e) => {
-                return Err(map_err(
-                    &format!("open sled database at {}", canonical.display()),
-                    e,
-                ))
-            }
+    if let Some(entry) = reg.get(&canonical) {
+        if let Some(shared) = entry.shared.upgrade() {
+            return Ok(Opened::Ready(shared));
+        }
+        if !entry.flusher.is_released() {
+            return Ok(Opened::Releasing(entry.flusher.clone()));
+        }
+    }
+    reg.retain(|_, e| e.shared.strong_count() > 0 || !e.flusher.is_released());
+    // sled's own flusher thread writes and fsyncs the log every 500 ms and cleans segments;
+    // writes that must be durable at once wait for our flusher's group commit instead.
+    let cfg = sled::Config::new()
+        .path(&canonical)
+        .flush_every_ms(Some(500));
+    let db = match cfg.open() {
+        Ok(db) => db,
+        Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+            return Err(Error::config(format!(
+                "the sled database at {} is in use by another process ({e})",
+                canonical.display()
+            )))
+        }
+        Err(e) => {
+            return Err(map_err(
+                &format!("open sled database at {}", canonical.display()),
+                e,
+            ))
         }
     };
     let data = db
@@ -158,21 +192,28 @@ pub(crate) fn open_shared(path: &Path) -> Result<Arc<Shared>> {
     let stop = Arc::new(AtomicBool::new(false));
     spawn_dispatcher(hub.clone(), data.watch_prefix(vec![]))
         .map_err(|e| Error::backend(BACKEND, "cannot start the watch thread", e))?;
+    let flusher = Flusher::start(db.clone(), &canonical)?;
     let shared = Arc::new(Shared {
-        db,
-        data,
-        expiry,
+        db: ManuallyDrop::new(db),
+        data: ManuallyDrop::new(data),
+        expiry: ManuallyDrop::new(expiry),
+        flusher: flusher.clone(),
         hub,
         reaper: Arc::new(ReaperSignal::default()),
         stop,
         locks: Mutex::new(HashMap::new()),
         lock_freed: tokio::sync::Notify::new(),
         handles: std::sync::atomic::AtomicUsize::new(0),
-        path: canonical.clone(),
     });
     spawn_reaper(&shared)?;
-    reg.insert(canonical, Arc::downgrade(&shared));
-    Ok(shared)
+    reg.insert(
+        canonical,
+        Entry {
+            shared: Arc::downgrade(&shared),
+            flusher,
+        },
+    );
+    Ok(Opened::Ready(shared))
 }
 
 fn spawn_reaper(shared: &Arc<Shared>) -> Result<()> {
@@ -334,13 +375,9 @@ impl Shared {
             .map_err(|e| map_err("write", e))
     }
 
-    /// Flushes to disk (when the store is configured to).
+    /// Returns once every write this caller finished is on stable storage (group commit).
     pub async fn flush(&self) -> Result<()> {
-        self.db
-            .flush_async()
-            .await
-            .map(|_| ())
-            .map_err(|e| map_err("flush", e))
+        self.flusher.sync().await
     }
 
     /// Frees the lock table entry of `skey` if `token` holds it, and wakes waiters.
@@ -351,23 +388,5 @@ impl Shared {
         }
         drop(t);
         self.lock_freed.notify_waiters();
-    }
-}
-
-/// True once no open file description in this process holds sled's lock on the database at
-/// `dir` (probed with a non-blocking `flock`, then unlocked at once).
-pub(crate) fn file_lock_released(dir: &Path) -> bool {
-    use std::os::fd::AsRawFd;
-    let Ok(file) = std::fs::OpenOptions::new().read(true).open(dir.join("db")) else {
-        return true;
-    };
-    // SAFETY: flock on a file descriptor we own; no memory is involved.
-    unsafe {
-        if libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 {
-            libc::flock(file.as_raw_fd(), libc::LOCK_UN);
-            true
-        } else {
-            false
-        }
     }
 }

@@ -50,6 +50,7 @@
 #![warn(missing_docs)]
 
 mod db;
+mod flusher;
 mod hub;
 mod lock;
 mod record;
@@ -189,13 +190,7 @@ impl SledStore {
         }
         let namespace = normalize_prefix(&config.namespace)
             .map_err(|e| Error::config(format!("bad namespace: {e}")))?;
-        let path = config.path.clone();
-        let shared = timed("connect", config.timeout, async move {
-            tokio::task::spawn_blocking(move || db::open_shared(&path))
-                .await
-                .map_err(|e| Error::backend(BACKEND, "the open task failed", e))?
-        })
-        .await?;
+        let shared = timed("connect", config.timeout, db::open(config.path.clone())).await?;
         shared
             .handles
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
@@ -758,18 +753,21 @@ impl Store for SledStore {
                 .handles
                 .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
                 == 1;
-            let (weak, dir) = (Arc::downgrade(&shared), shared.path.clone());
+            let flusher = shared.flusher.clone();
             drop(shared);
             if last {
-                // Watch and lock tasks wind down after the close signal; wait (bounded) until
-                // the database and its file lock are really released, so another process can
-                // open the path as soon as close returns.
-                let released = timed("close", self.inner.config.timeout, async {
-                    while weak.strong_count() > 0 || !db::file_lock_released(&dir) {
-                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                    }
-                    Ok(())
-                })
+                // Watch and lock tasks wind down after the close signal; the flusher thread then
+                // runs the final flush and drops sled. Wait (bounded) until it has, so another
+                // process can open the path as soon as close returns.
+                let released = timed(
+                    "close (the final flush did not finish in time; the data is as durable as \
+                     the last completed flush, and the database is released when it finishes)",
+                    self.inner.config.timeout,
+                    async {
+                        flusher.released().await;
+                        Ok(())
+                    },
+                )
                 .await;
                 if let Err(e) = released {
                     first_err.get_or_insert(e);
