@@ -1,18 +1,21 @@
 //! kv-consul versus plain HTTP requests (a reqwest client with the same settings) to the same
-//! Consul agent: sequential and 64-task concurrent put/get of 100-byte values. Uses
-//! `KV_CONSUL_ADDR` if set, else starts its own agent (kv_testkit). `KV_BENCH_N` operations per
-//! measurement (default 2000); each figure is the best of `KV_BENCH_ROUNDS` (default 5) rounds,
-//! kv and raw alternating (also printed: the median of the per-round ratios and the client
-//! process's CPU time per operation).
+//! Consul agent: sequential and 64-task concurrent put of new keys, put over existing keys, get
+//! and delete of 100-byte values. Uses `KV_CONSUL_ADDR` if set (an agent on 127.0.0.1), else
+//! starts its own agent (kv_testkit). `KV_BENCH_N` operations per measurement (default 2000;
+//! `KV_BENCH_ONLY` picks workloads by name, and a delete row needs its new-key row); each figure is the best of `KV_BENCH_ROUNDS` (default 5) rounds, kv and raw alternating
+//! (also printed: the median of the per-round ratios, the client process's CPU time per
+//! operation, and for writes the raft entries per call: the agent's raft `last_log_index`
+//! read around every run; reads make no raft entry and show `–`).
 //!
 //! Raw put is `PUT /v1/kv/<key>` (answer `true`), raw get is `GET /v1/kv/<key>` with the JSON
-//! and base64 decoded. kv writes through `/v1/txn` (the only write that returns the new
-//! `ModifyIndex`), so two extra rows compare kv's put with a raw one-operation `/v1/txn` write.
-//! Every written value differs from the last (Consul skips writes that change nothing).
+//! and base64 decoded, raw delete is `DELETE /v1/kv/<key>`. kv writes through `/v1/txn` (the
+//! only write that returns the new `ModifyIndex`), so two extra rows compare kv's put with a
+//! raw one-operation `/v1/txn` write. Every written value differs from the last (Consul skips
+//! writes that change nothing).
 //!
 //! Run: `cargo bench -p kv-consul --bench vs_raw`
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,12 +34,35 @@ fn value() -> Vec<u8> {
     v
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 enum Op {
+    /// Put of a key nobody wrote before.
+    PutNew,
+    /// Put over an existing key.
     Put,
     Get,
-    /// Raw side: the one-operation `/v1/txn` write kv sends for a put.
+    /// Delete of a key a `PutNew` run created.
+    Delete,
+    /// Raw side: the one-operation `/v1/txn` write kv sends for a put (existing key).
     TxnPut,
+}
+
+/// New keys and deletes walk one sequence of fresh keys per side (deletes consume them in
+/// creation order); the other workloads use 50 keys per task.
+#[derive(Default)]
+struct Keys {
+    created: AtomicUsize,
+    deleted: AtomicUsize,
+}
+
+impl Keys {
+    fn next(&self, op: Op, t: usize, i: usize) -> String {
+        match op {
+            Op::PutNew => format!("new/{}", self.created.fetch_add(1, Ordering::Relaxed)),
+            Op::Delete => format!("new/{}", self.deleted.fetch_add(1, Ordering::Relaxed)),
+            _ => format!("{t}/{}", i % 50),
+        }
+    }
 }
 
 struct Raw {
@@ -74,6 +100,17 @@ impl Raw {
         assert!(v["Results"][0]["KV"]["ModifyIndex"].as_u64().unwrap() > 0);
     }
 
+    async fn delete(&self, key: &str) {
+        let r = self
+            .client
+            .delete(format!("{}/v1/kv/{key}", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+        assert_eq!(&r.bytes().await.unwrap()[..], b"true");
+    }
+
     async fn get(&self, key: &str) {
         let r = self
             .client
@@ -91,14 +128,21 @@ impl Raw {
     }
 }
 
-async fn kv_run(store: &Arc<ConsulStore>, op: Op, n: usize, tasks: usize) -> Sample {
-    let store = store.clone();
+async fn kv_run(
+    store: &Arc<ConsulStore>,
+    keys: &Arc<Keys>,
+    op: Op,
+    n: usize,
+    tasks: usize,
+) -> Sample {
+    let (store, keys) = (store.clone(), keys.clone());
     bench::par(n, tasks, move |t, i| {
         let store = store.clone();
+        let key = format!("kv/{}", keys.next(op, t, i));
         async move {
-            let key = format!("kv/{t}/{}", i % 50);
             match op {
-                Op::Put | Op::TxnPut => {
+                Op::Delete => store.delete(&key).await.unwrap(),
+                Op::PutNew | Op::Put | Op::TxnPut => {
                     store
                         .put(&key, &value(), PutOptions::default())
                         .await
@@ -113,14 +157,15 @@ async fn kv_run(store: &Arc<ConsulStore>, op: Op, n: usize, tasks: usize) -> Sam
     .await
 }
 
-async fn raw_run(raw: &Arc<Raw>, op: Op, n: usize, tasks: usize) -> Sample {
-    let raw = raw.clone();
+async fn raw_run(raw: &Arc<Raw>, keys: &Arc<Keys>, op: Op, n: usize, tasks: usize) -> Sample {
+    let (raw, keys) = (raw.clone(), keys.clone());
     bench::par(n, tasks, move |t, i| {
         let raw = raw.clone();
+        let key = format!("bench-vs-raw/raw/{}", keys.next(op, t, i));
         async move {
-            let key = format!("bench-vs-raw/raw/{t}/{}", i % 50);
             match op {
-                Op::Put => raw.put(&key).await,
+                Op::PutNew | Op::Put => raw.put(&key).await,
+                Op::Delete => raw.delete(&key).await,
                 Op::TxnPut => raw.txn_put(&key).await,
                 Op::Get => raw.get(&key).await,
             }
@@ -173,49 +218,49 @@ async fn main() {
         v["Config"]["Version"].as_str().unwrap_or("?").to_string()
     };
     // The keys the get workloads read.
-    kv_run(&store, Op::Put, TASKS * 50, TASKS).await;
-    raw_run(&raw, Op::Put, TASKS * 50, TASKS).await;
+    let (kv_keys, raw_keys) = (Arc::new(Keys::default()), Arc::new(Keys::default()));
+    kv_run(&store, &kv_keys, Op::Put, TASKS * 50, TASKS).await;
+    raw_run(&raw, &raw_keys, Op::Put, TASKS * 50, TASKS).await;
 
     println!(
         "Consul {version} at {addr}: N = {n} ops per measurement, best of {rounds} rounds, 100-byte values"
     );
-    let report = Report::markdown([
-        "workload",
-        "kv ops/s (best)",
-        "raw ops/s (best)",
-        "kv / raw (best)",
-    ])
-    .column("kv / raw (median of rounds)", 2)
-    .column("kv client CPU µs/op", 1)
-    .column("raw client CPU µs/op", 1);
+    let report = Report::best_of_rounds();
     report.print_header();
+    // Raft entries for writes; reads make none, so they are not counted.
+    let addr = addr.as_str();
+    let count = move |op: Op| {
+        move || {
+            if op == Op::Get {
+                None
+            } else {
+                kv_testkit::consul::raft_last_index(addr)
+            }
+        }
+    };
     for (name, op, tasks) in [
-        ("sequential put", Op::Put, 1),
+        ("sequential put, new key", Op::PutNew, 1),
+        ("sequential put, overwrite", Op::Put, 1),
         ("sequential get", Op::Get, 1),
-        ("64-task put", Op::Put, TASKS),
+        ("sequential delete", Op::Delete, 1),
+        ("64-task put, new key", Op::PutNew, TASKS),
+        ("64-task put, overwrite", Op::Put, TASKS),
         ("64-task get", Op::Get, TASKS),
-        ("sequential put (raw: /v1/txn)", Op::TxnPut, 1),
-        ("64-task put (raw: /v1/txn)", Op::TxnPut, TASKS),
+        ("64-task delete", Op::Delete, TASKS),
+        ("sequential put, overwrite (raw: /v1/txn)", Op::TxnPut, 1),
+        ("64-task put, overwrite (raw: /v1/txn)", Op::TxnPut, TASKS),
     ] {
-        let n = if tasks == 1 {
-            n
-        } else {
-            (n / tasks).max(1) * tasks
-        };
+        if !bench::selected(name) {
+            continue;
+        }
+        let n = bench::round_to_tasks(n, tasks);
         let samples = bench::alternate(
             rounds,
-            || kv_run(&store, op, n, tasks),
-            || raw_run(&raw, op, n, tasks),
+            || bench::counted(count(op), kv_run(&store, &kv_keys, op, n, tasks)),
+            || bench::counted(count(op), raw_run(&raw, &raw_keys, op, n, tasks)),
         )
         .await;
-        let (kv_rate, raw_rate) = samples.best_rates();
-        let (kv_cpu, raw_cpu) = samples.cpu_us_per_op();
-        report.row(
-            name,
-            kv_rate,
-            raw_rate,
-            &[samples.median_ratio(), kv_cpu, raw_cpu],
-        );
+        report.best_of_rounds_row(name, &samples);
     }
     store.delete_tree("").await.ok();
     store.close().await.ok();

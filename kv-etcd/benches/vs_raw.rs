@@ -1,11 +1,15 @@
-//! kv-etcd versus raw etcd-client: sequential and 64-task concurrent put/get of 100-byte
-//! values. Uses `KV_ETCD_ENDPOINTS` if set, else starts its own etcd (kv_testkit).
-//! `KV_BENCH_N` operations per measurement (default 2000); each figure is the best of
+//! kv-etcd versus raw etcd-client: sequential and 64-task concurrent put of new keys, put over
+//! existing keys, get and delete of 100-byte values. Uses `KV_ETCD_ENDPOINTS` if set (a member
+//! on 127.0.0.1: its `/metrics` is read), else starts its own etcd (kv_testkit).
+//! `KV_BENCH_N` operations per measurement (default 2000; `KV_BENCH_ONLY` picks workloads by
+//! name, and a delete row needs its new-key row); each figure is the best of
 //! `KV_BENCH_ROUNDS` (default 5) rounds, kv and raw alternating (also printed: the median of
-//! the per-round ratios).
+//! the per-round ratios, client CPU per call, and requests per call as the server counted them:
+//! `grpc_server_started_total{grpc_type="unary"}` of its `/metrics`, read around every run).
 //!
 //! Run: `cargo bench -p kv-etcd --bench vs_raw`
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use etcd_client::Client;
@@ -19,18 +23,47 @@ static VALUE: [u8; 100] = [b'x'; 100];
 
 #[derive(Clone, Copy)]
 enum Op {
-    Put,
+    /// Put of a key nobody wrote before.
+    PutNew,
+    /// Put over an existing key.
+    Overwrite,
     Get,
+    /// Delete of a key a `PutNew` run created.
+    Delete,
 }
 
-async fn kv_run(store: &Arc<EtcdStore>, op: Op, n: usize, tasks: usize) -> Sample {
-    let store = store.clone();
+/// New keys and deletes walk one sequence of fresh keys per side (deletes consume them in
+/// creation order); overwrites and gets use the keys `bench/old/{t}/{i}` of the setup.
+#[derive(Default)]
+struct Keys {
+    created: AtomicUsize,
+    deleted: AtomicUsize,
+}
+
+impl Keys {
+    fn next(&self, op: Op, t: usize, i: usize) -> String {
+        match op {
+            Op::PutNew => format!("bench/new/{}", self.created.fetch_add(1, Ordering::Relaxed)),
+            Op::Delete => format!("bench/new/{}", self.deleted.fetch_add(1, Ordering::Relaxed)),
+            Op::Overwrite | Op::Get => format!("bench/old/{t}/{i}"),
+        }
+    }
+}
+
+async fn kv_run(
+    store: &Arc<EtcdStore>,
+    keys: &Arc<Keys>,
+    op: Op,
+    n: usize,
+    tasks: usize,
+) -> Sample {
+    let (store, keys) = (store.clone(), keys.clone());
     bench::par(n, tasks, move |t, i| {
         let store = store.clone();
+        let key = keys.next(op, t, i);
         async move {
-            let key = format!("bench/{t}/{i}");
             match op {
-                Op::Put => {
+                Op::PutNew | Op::Overwrite => {
                     store
                         .put(&key, &VALUE, PutOptions::default())
                         .await
@@ -39,25 +72,30 @@ async fn kv_run(store: &Arc<EtcdStore>, op: Op, n: usize, tasks: usize) -> Sampl
                 Op::Get => {
                     store.get(&key).await.unwrap();
                 }
+                Op::Delete => store.delete(&key).await.unwrap(),
             }
         }
     })
     .await
 }
 
-async fn raw_run(client: &Client, op: Op, n: usize, tasks: usize) -> Sample {
-    let client = client.clone();
+async fn raw_run(client: &Client, keys: &Arc<Keys>, op: Op, n: usize, tasks: usize) -> Sample {
+    let (client, keys) = (client.clone(), keys.clone());
     bench::par(n, tasks, move |t, i| {
         let mut kv = client.kv_client();
+        let key = format!("raw/{}", keys.next(op, t, i));
         async move {
-            let key = format!("raw/bench/{t}/{i}");
             match op {
-                Op::Put => {
+                Op::PutNew | Op::Overwrite => {
                     kv.put(key, VALUE.as_slice(), None).await.unwrap();
                 }
                 Op::Get => {
                     let r = kv.get(key, None).await.unwrap();
                     assert_eq!(r.kvs().len(), 1);
+                }
+                Op::Delete => {
+                    let r = kv.delete(key, None).await.unwrap();
+                    assert_eq!(r.deleted(), 1);
                 }
             }
         }
@@ -87,26 +125,43 @@ async fn main() {
     let client = Client::connect([format!("http://{endpoint}")], None)
         .await
         .expect("connect raw");
+    let (kv_keys, raw_keys) = (Arc::new(Keys::default()), Arc::new(Keys::default()));
+    // The keys overwrites and gets use (every (task, i) of both shapes), and a warm-up.
+    for tasks in [1, TASKS] {
+        let n = bench::round_to_tasks(n, tasks);
+        kv_run(&store, &kv_keys, Op::Overwrite, n, tasks).await;
+        raw_run(&client, &raw_keys, Op::Overwrite, n, tasks).await;
+    }
     println!(
-        "etcd at {endpoint}: N = {n} ops per measurement, best of {rounds} rounds, 100-byte values"
+        "etcd at {endpoint}: N = {n} ops per measurement, best of {rounds} rounds, 100-byte values; \
+         requests/op from the server's grpc_server_started_total (unary)"
     );
     let report = Report::best_of_rounds();
     report.print_header();
+    let count = || kv_testkit::etcd::unary_requests(endpoint);
     for (name, op, tasks) in [
-        ("sequential put", Op::Put, 1),
+        ("sequential put, new key", Op::PutNew, 1),
+        ("sequential put, overwrite", Op::Overwrite, 1),
         ("sequential get", Op::Get, 1),
-        ("64-task put", Op::Put, TASKS),
+        ("sequential delete", Op::Delete, 1),
+        ("64-task put, new key", Op::PutNew, TASKS),
+        ("64-task put, overwrite", Op::Overwrite, TASKS),
         ("64-task get", Op::Get, TASKS),
+        ("64-task delete", Op::Delete, TASKS),
     ] {
+        if !bench::selected(name) {
+            continue;
+        }
         let n = bench::round_to_tasks(n, tasks);
         let samples = bench::alternate(
             rounds,
-            || kv_run(&store, op, n, tasks),
-            || raw_run(&client, op, n, tasks),
+            || bench::counted(count, kv_run(&store, &kv_keys, op, n, tasks)),
+            || bench::counted(count, raw_run(&client, &raw_keys, op, n, tasks)),
         )
         .await;
         report.best_of_rounds_row(name, &samples);
     }
     store.delete_tree("bench").await.ok();
+    store.delete_tree("raw").await.ok();
     store.close().await.ok();
 }

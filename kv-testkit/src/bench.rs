@@ -6,6 +6,9 @@
 //! - [`alternate`] runs kv and raw in rounds, swapping who goes first every round so drift in
 //!   machine load hits both sides alike, and keeps every [`Rounds`] sample for the statistics
 //!   (best, total-time, median ratio, CPU per operation);
+//! - [`counted`] adds to a sample the requests the *server* counted meanwhile (ZooKeeper `mntr`,
+//!   etcd `/metrics`, Consul's raft index: see each launcher), so a round-trip regression shows
+//!   as requests per call whatever the machine's noise;
 //! - [`Report`] prints the table: per workload kv ops/s, raw ops/s, kv ÷ raw and extra columns.
 //!
 //! ```no_run
@@ -35,6 +38,12 @@ pub fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// Whether workload `name` is to run: every one unless `KV_BENCH_ONLY` is set, then those
+/// whose name contains its value (e.g. `KV_BENCH_ONLY="64-task get"` for a profile).
+pub fn selected(name: &str) -> bool {
+    std::env::var("KV_BENCH_ONLY").map_or(true, |only| name.contains(only.as_str()))
 }
 
 /// The server to measure: the value of the environment variable `env` (endpoints) when set and
@@ -73,6 +82,8 @@ pub struct Sample {
     pub wall: Duration,
     /// CPU time the whole process used meanwhile.
     pub cpu: Duration,
+    /// Requests the server counted meanwhile, when measured with [`counted`].
+    pub requests: Option<u64>,
 }
 
 impl Sample {
@@ -92,7 +103,18 @@ pub async fn measure(ops: usize, run: impl Future<Output = ()>) -> Sample {
         ops,
         wall,
         cpu: cpu_time() - cpu,
+        requests: None,
     }
+}
+
+/// Runs `run` (a [`seq`] or [`par`] run) between two readings of the server's request counter
+/// `count` and records their difference in [`Sample::requests`] (left `None` when a reading
+/// fails). The readings are outside the timed part.
+pub async fn counted(count: impl Fn() -> Option<u64>, run: impl Future<Output = Sample>) -> Sample {
+    let before = count();
+    let mut sample = run.await;
+    sample.requests = before.zip(count()).map(|(b, a)| a.saturating_sub(b));
+    sample
 }
 
 /// Times `op(0)`, `op(1)`, ... `op(n - 1)` awaited one after another on the calling task.
@@ -206,6 +228,17 @@ impl Rounds {
         ratios[ratios.len() / 2]
     }
 
+    /// Requests the server counted per operation over all rounds of each side (`NaN` when a
+    /// side was not [`counted`]): `(kv, raw)`.
+    pub fn requests_per_op(&self) -> (f64, f64) {
+        let per_op = |s: &[Sample]| {
+            let requests: Option<u64> = s.iter().map(|x| x.requests).sum();
+            let ops: usize = s.iter().map(|x| x.ops).sum();
+            requests.map_or(f64::NAN, |r| r as f64 / ops as f64)
+        };
+        (per_op(&self.kv), per_op(&self.raw))
+    }
+
     /// Process CPU time per operation over all rounds of each side: `(kv, raw)` µs/op.
     pub fn cpu_us_per_op(&self) -> (f64, f64) {
         let per_op = |s: &[Sample]| {
@@ -259,7 +292,8 @@ impl Report {
 
     /// The Markdown table of a best-of-rounds benchmark, filled with
     /// [`Report::best_of_rounds_row`]: each side's best round (kv ops/s, raw ops/s, kv ÷ raw),
-    /// the median of the per-round ratios and each side's process CPU µs per operation.
+    /// the median of the per-round ratios, each side's process CPU µs per operation and
+    /// each side's requests per operation as the server counted them (`–` when not counted).
     pub fn best_of_rounds() -> Report {
         Report::markdown([
             "workload",
@@ -270,13 +304,21 @@ impl Report {
         .column("kv / raw (median of rounds)", 2)
         .column("kv client CPU µs/op", 1)
         .column("raw client CPU µs/op", 1)
+        .column("kv server requests/op", 2)
+        .column("raw server requests/op", 2)
     }
 
     /// Prints the row of workload `name` of a [`Report::best_of_rounds`] table.
     pub fn best_of_rounds_row(&self, name: &str, rounds: &Rounds) {
         let (kv, raw) = rounds.best_rates();
         let (kv_cpu, raw_cpu) = rounds.cpu_us_per_op();
-        self.row(name, kv, raw, &[rounds.median_ratio(), kv_cpu, raw_cpu]);
+        let (kv_req, raw_req) = rounds.requests_per_op();
+        self.row(
+            name,
+            kv,
+            raw,
+            &[rounds.median_ratio(), kv_cpu, raw_cpu, kv_req, raw_req],
+        );
     }
 
     /// [`Report::new`] with [`Layout::Markdown`].
@@ -328,12 +370,18 @@ impl Report {
     }
 
     /// The row of workload `name`, without printing it: `kv` and `raw` ops/s, their ratio
-    /// `kv / raw`, then `extra` (one value per added column).
+    /// `kv / raw`, then `extra` (one value per added column; `NaN` prints as `–`).
     pub fn format_row(&self, name: &str, kv: f64, raw: f64, extra: &[f64]) -> String {
         let values = [kv, raw, kv / raw].into_iter().chain(extra.iter().copied());
         let cells = values
             .zip(&self.columns)
-            .map(|(v, c)| format!("{v:.d$}", d = c.decimals))
+            .map(|(v, c)| {
+                if v.is_nan() {
+                    "–".to_string()
+                } else {
+                    format!("{v:.d$}", d = c.decimals)
+                }
+            })
             .collect();
         self.line(name, cells)
     }
@@ -353,6 +401,7 @@ mod tests {
             ops,
             wall: Duration::from_millis(ms),
             cpu: Duration::from_millis(ms / 2),
+            requests: None,
         }
     }
 
@@ -373,6 +422,32 @@ mod tests {
         let (kv_cpu, raw_cpu) = r.cpu_us_per_op();
         assert!((kv_cpu - 175_000.0 / 300.0).abs() < 1e-6, "{kv_cpu}");
         assert!((raw_cpu - 100_000.0 / 300.0).abs() < 1e-6, "{raw_cpu}");
+        // Not counted: NaN, printed as a dash.
+        assert!(r.requests_per_op().0.is_nan());
+        let rep = Report::markdown(["w", "kv", "raw", "r"]).column("req", 2);
+        assert_eq!(
+            rep.format_row("get", 1.0, 1.0, &[f64::NAN]),
+            "| get | 1 | 1 | 1.00 | – |"
+        );
+    }
+
+    #[tokio::test]
+    async fn counted_records_the_server_counter_difference() {
+        let counter = std::sync::atomic::AtomicU64::new(10);
+        let count = || Some(counter.load(std::sync::atomic::Ordering::SeqCst));
+        let s = counted(count, async {
+            counter.fetch_add(7, std::sync::atomic::Ordering::SeqCst);
+            sample(7, 10)
+        })
+        .await;
+        assert_eq!(s.requests, Some(7));
+        let r = Rounds {
+            kv: vec![s, s],
+            raw: vec![s, counted(|| None, async { sample(7, 10) }).await],
+        };
+        let (kv, raw) = r.requests_per_op();
+        assert_eq!(kv, 1.0);
+        assert!(raw.is_nan(), "a side with an uncounted round has no figure");
     }
 
     #[test]
@@ -396,8 +471,9 @@ mod tests {
         assert_eq!(
             r.header(),
             "| workload | kv ops/s (best) | raw ops/s (best) | kv / raw (best) \
-             | kv / raw (median of rounds) | kv client CPU µs/op | raw client CPU µs/op |\n\
-             |---|---|---|---|---|---|---|"
+             | kv / raw (median of rounds) | kv client CPU µs/op | raw client CPU µs/op \
+             | kv server requests/op | raw server requests/op |\n\
+             |---|---|---|---|---|---|---|---|---|"
         );
         assert_eq!(
             (

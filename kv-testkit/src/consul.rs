@@ -126,6 +126,29 @@ pub fn http_blocking(
     HttpAnswer { status, body }
 }
 
+/// The raft log index of the agent at `addr` (`127.0.0.1:port`): `Stats.raft.last_log_index` of
+/// `GET /v1/agent/self`. Every write (KV set, txn, session) is one raft entry, so the vs_raw
+/// bench reads it around each write run to report server writes per call. `None` when the
+/// agent does not answer.
+pub fn raft_last_index(addr: &str) -> Option<u64> {
+    let port: u16 = addr
+        .split(',')
+        .next()?
+        .trim()
+        .rsplit(':')
+        .next()?
+        .parse()
+        .ok()?;
+    let answer = http_blocking(port, "GET", "/v1/agent/self", "", None);
+    let at = answer.body.find("\"last_log_index\"")?;
+    let digits: String = answer.body[at + "\"last_log_index\"".len()..]
+        .chars()
+        .skip_while(|c| !c.is_ascii_digit())
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
 impl Consul {
     /// Starts an agent (see [`Options`]) and waits until it has a leader and accepts a KV
     /// write. `None` when the binary is missing and the test may be skipped (see [`binary`]).

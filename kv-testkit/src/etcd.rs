@@ -49,6 +49,49 @@ pub struct EtcdOptions {
     pub extra_args: Vec<String>,
 }
 
+/// The Prometheus text of `GET /metrics` on the first endpoint of `endpoints` (`host:port` or
+/// `http://host:port`, comma-separated; plain HTTP on 127.0.0.1 only), or `None`.
+pub fn metrics(endpoints: &str) -> Option<String> {
+    let first = endpoints.split(',').next()?.trim();
+    let hostport = first.strip_prefix("http://").unwrap_or(first);
+    let port: u16 = hostport
+        .rsplit(':')
+        .next()?
+        .trim_end_matches('/')
+        .parse()
+        .ok()?;
+    let answer = crate::consul::http_blocking(port, "GET", "/metrics", "", None);
+    (answer.status == 200).then_some(answer.body)
+}
+
+/// The sum of every sample of metric `name` in Prometheus text `text` whose labels contain
+/// all of `labels` (e.g. `grpc_type="unary"`).
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (labels_part, value) = match rest.strip_prefix('{') {
+                Some(r) => r.split_once('}')?,
+                None if rest.starts_with(' ') => ("", rest),
+                None => return None,
+            };
+            labels
+                .iter()
+                .all(|want| labels_part.contains(want))
+                .then(|| value.trim().parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// Unary gRPC requests (Range, Put, DeleteRange, Txn, LeaseGrant, ...) the etcd member at
+/// `endpoints` has started serving so far (`grpc_server_started_total{grpc_type="unary"}`
+/// of its `/metrics`). The vs_raw benches read it around each run to report requests per call.
+pub fn unary_requests(endpoints: &str) -> Option<u64> {
+    let text = metrics(endpoints)?;
+    Some(metric_sum(&text, "grpc_server_started_total", &["grpc_type=\"unary\""]) as u64)
+}
+
 /// One etcd member started by a test.
 pub struct EtcdServer {
     /// The member's name (`n1`, ...).

@@ -112,6 +112,36 @@ pub fn mode(port: u16) -> Option<String> {
         .find_map(|l| l.strip_prefix("Mode:").map(|m| m.trim().to_string()))
 }
 
+/// The port of the first `host:port` of `endpoints` (comma-separated; only 127.0.0.1 servers
+/// are asked).
+fn first_port(endpoints: &str) -> Option<u16> {
+    endpoints
+        .split(',')
+        .next()?
+        .trim()
+        .rsplit(':')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A counter of the `mntr` answer of the server at `endpoints` (its first `127.0.0.1:port`),
+/// e.g. `zk_packets_received`; `None` when the server does not answer.
+pub fn mntr_counter(endpoints: &str, name: &str) -> Option<u64> {
+    let port = first_port(endpoints)?;
+    four_letter(port, "mntr").lines().find_map(|l| {
+        let (k, v) = l.split_once('\t')?;
+        (k.trim() == name).then(|| v.trim().parse().ok())?
+    })
+}
+
+/// Requests the server at `endpoints` has received from clients so far (`mntr`
+/// `zk_packets_received`: every request packet, pings included; four-letter words are not
+/// counted). The vs_raw benches read it around each run to report requests per call.
+pub fn packets_received(endpoints: &str) -> Option<u64> {
+    mntr_counter(endpoints, "zk_packets_received")
+}
+
 /// One ZooKeeper server process (standalone or an ensemble member).
 pub struct ZkServer {
     java: PathBuf,

@@ -1,14 +1,24 @@
 //! kv's ZooKeeper driver versus zookeeper-client used directly, on the same server in one run.
 //!
-//! `cargo bench -p kv-zookeeper --bench vs_raw` — uses `KV_ZK_ENDPOINTS` if set, else starts a
-//! server through kv_testkit. `KV_BENCH_N` operations per measurement (default 8000).
-//! Sequential put and get of 100-byte values on existing keys, then the same with 64
-//! concurrent tasks (one session shared by all tasks on each side).
+//! `cargo bench -p kv-zookeeper --bench vs_raw` — uses `KV_ZK_ENDPOINTS` if set (a server on
+//! 127.0.0.1: its `mntr` is read), else starts a server through kv_testkit. `KV_BENCH_N`
+//! operations per measurement (default 8000), split in `KV_BENCH_ROUNDS` rounds (default 8),
+//! kv and raw alternating; `KV_BENCH_ONLY` picks workloads by name (a delete row needs its
+//! new-key row: it deletes the keys that one created).
+//!
+//! Workloads, 100-byte values, sequential and with 64 concurrent tasks (one session shared by
+//! all tasks on each side): put of a **new** key (raw: `create`), put over an existing key
+//! (raw: `setData`), get (raw: `getData`) and delete of a key the new-key rows created (raw:
+//! `delete`). Each row gives the best round of each side, the median of the per-round kv ÷ raw
+//! ratios, client CPU per call, and requests per call as the server counted them (`mntr`
+//! `zk_packets_received` read before and after every run), so a change in round trips shows
+//! whatever the machine's noise.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use kv_core::{PutOptions, Store};
-use kv_testkit::bench::{self, Layout, Report, Sample};
+use kv_testkit::bench::{self, Report, Sample};
 use kv_zookeeper::{ZkConfig, ZkStore};
 use zookeeper_client::{Acls, Client, CreateMode};
 
@@ -16,54 +26,74 @@ const TASKS: usize = 64;
 
 static VALUE: [u8; 100] = [b'x'; 100];
 
-async fn kv_seq(s: &ZkStore, n: usize, get: bool) -> Sample {
-    bench::seq(n, |i| async move {
-        let key = format!("seq/k{}", i % 100);
-        if get {
-            s.get(&key).await.unwrap();
-        } else {
-            s.put(&key, &VALUE, PutOptions::default()).await.unwrap();
-        }
-    })
-    .await
+#[derive(Clone, Copy, PartialEq)]
+enum Op {
+    /// Put of a key nobody wrote before.
+    PutNew,
+    /// Put over an existing key.
+    Overwrite,
+    Get,
+    /// Delete of a key a `PutNew` run created.
+    Delete,
 }
 
-async fn raw_seq(c: &Client, n: usize, get: bool) -> Sample {
-    bench::seq(n, |i| async move {
-        let path = format!("/bench-raw/seq/k{}", i % 100);
-        if get {
-            c.get_data(&path).await.unwrap();
-        } else {
-            c.set_data(&path, &VALUE, None).await.unwrap();
-        }
-    })
-    .await
+/// The key of operation `i` of task `t`: new keys and deletes walk one sequence of fresh
+/// keys per side (deletes consume them in creation order), the others reuse 100 keys
+/// (sequential) or one per task.
+struct Keys {
+    created: AtomicUsize,
+    deleted: AtomicUsize,
 }
 
-async fn kv_par(s: Arc<ZkStore>, n: usize, get: bool) -> Sample {
-    bench::par(n, TASKS, move |task, _| {
+impl Keys {
+    fn next(&self, op: Op, t: usize, i: usize, tasks: usize) -> String {
+        match op {
+            Op::PutNew => format!("new/k{}", self.created.fetch_add(1, Ordering::Relaxed)),
+            Op::Delete => format!("new/k{}", self.deleted.fetch_add(1, Ordering::Relaxed)),
+            _ if tasks == 1 => format!("old/k{}", i % 100),
+            _ => format!("old/k{t}"),
+        }
+    }
+}
+
+async fn kv_run(s: &Arc<ZkStore>, keys: &Arc<Keys>, op: Op, n: usize, tasks: usize) -> Sample {
+    let (s, keys) = (s.clone(), keys.clone());
+    bench::par(n, tasks, move |t, i| {
+        let key = keys.next(op, t, i, tasks);
         let s = s.clone();
         async move {
-            let key = format!("par/k{task}");
-            if get {
-                s.get(&key).await.unwrap();
-            } else {
-                s.put(&key, &VALUE, PutOptions::default()).await.unwrap();
+            match op {
+                Op::PutNew | Op::Overwrite => {
+                    s.put(&key, &VALUE, PutOptions::default()).await.unwrap();
+                }
+                Op::Get => {
+                    s.get(&key).await.unwrap();
+                }
+                Op::Delete => s.delete(&key).await.unwrap(),
             }
         }
     })
     .await
 }
 
-async fn raw_par(c: Client, n: usize, get: bool) -> Sample {
-    bench::par(n, TASKS, move |task, _| {
-        let c = c.clone();
+async fn raw_run(c: &Client, keys: &Arc<Keys>, op: Op, n: usize, tasks: usize) -> Sample {
+    let (c, keys) = (c.clone(), keys.clone());
+    let opts = Arc::new(CreateMode::Persistent.with_acls(Acls::anyone_all()));
+    bench::par(n, tasks, move |t, i| {
+        let path = format!("/bench-raw/{}", keys.next(op, t, i, tasks));
+        let (c, opts) = (c.clone(), opts.clone());
         async move {
-            let path = format!("/bench-raw/par/k{task}");
-            if get {
-                c.get_data(&path).await.unwrap();
-            } else {
-                c.set_data(&path, &VALUE, None).await.unwrap();
+            match op {
+                Op::PutNew => {
+                    c.create(&path, &VALUE, &opts).await.unwrap();
+                }
+                Op::Overwrite => {
+                    c.set_data(&path, &VALUE, None).await.unwrap();
+                }
+                Op::Get => {
+                    c.get_data(&path).await.unwrap();
+                }
+                Op::Delete => c.delete(&path, None).await.unwrap(),
             }
         }
     })
@@ -73,6 +103,7 @@ async fn raw_par(c: Client, n: usize, get: bool) -> Sample {
 #[tokio::main]
 async fn main() {
     let n = bench::env_usize("KV_BENCH_N", 8000);
+    let rounds = bench::env_usize("KV_BENCH_ROUNDS", 8).max(1);
     let Some((ep, _server)) = bench::endpoint_or_start(
         "KV_ZK_ENDPOINTS",
         kv_testkit::zookeeper::ZkServer::start(),
@@ -90,67 +121,65 @@ async fn main() {
     );
     let raw = Client::connect(&ep).await.unwrap();
     let opts = CreateMode::Persistent.with_acls(Acls::anyone_all());
-    raw.mkdir("/bench-raw/seq", &opts).await.unwrap();
-    raw.mkdir("/bench-raw/par", &opts).await.unwrap();
+    raw.mkdir("/bench-raw/old", &opts).await.unwrap();
+    raw.mkdir("/bench-raw/new", &opts).await.unwrap();
+    let (kv_keys, raw_keys) = (
+        Arc::new(Keys {
+            created: AtomicUsize::new(0),
+            deleted: AtomicUsize::new(0),
+        }),
+        Arc::new(Keys {
+            created: AtomicUsize::new(0),
+            deleted: AtomicUsize::new(0),
+        }),
+    );
+    // The keys overwrites and gets use, then a warm-up of both paths (the first new key
+    // creates the parent `new` on the kv side: a once-only cost outside the measurements).
     for i in 0..100 {
         let _ = raw
-            .create(&format!("/bench-raw/seq/k{i}"), &VALUE, &opts)
+            .create(&format!("/bench-raw/old/k{i}"), &VALUE, &opts)
             .await;
+        let key = format!("old/k{i}");
         store
-            .put(&format!("seq/k{i}"), &VALUE, PutOptions::default())
+            .put(&key, &VALUE, PutOptions::default())
             .await
             .unwrap();
     }
-    for i in 0..TASKS {
-        let _ = raw
-            .create(&format!("/bench-raw/par/k{i}"), &VALUE, &opts)
-            .await;
-        store
-            .put(&format!("par/k{i}"), &VALUE, PutOptions::default())
-            .await
-            .unwrap();
-    }
-    // Warm up both paths.
-    kv_seq(&store, 200, false).await;
-    raw_seq(&raw, 200, false).await;
+    kv_run(&store, &kv_keys, Op::PutNew, 200, 1).await;
+    raw_run(&raw, &raw_keys, Op::PutNew, 200, 1).await;
+    kv_run(&store, &kv_keys, Op::Delete, 200, 1).await;
+    raw_run(&raw, &raw_keys, Op::Delete, 200, 1).await;
+    kv_run(&store, &kv_keys, Op::Overwrite, 200, 1).await;
+    raw_run(&raw, &raw_keys, Op::Overwrite, 200, 1).await;
 
-    println!("kv-zookeeper vs zookeeper-client, N = {n}, server {ep}");
-    let report = Report::new(
-        Layout::Aligned { name_width: 28 },
-        ["operation", "kv ops/s", "raw ops/s", "kv/raw"],
+    println!(
+        "kv-zookeeper vs zookeeper-client, server {ep}: N = {n} ops per workload in {rounds} rounds, \
+         100-byte values; requests/op from the server's mntr zk_packets_received"
     );
+    let report = Report::best_of_rounds();
     report.print_header();
-    let rows = [
-        ("sequential put", false, false),
-        ("sequential get", true, false),
-        ("64-task concurrent put", false, true),
-        ("64-task concurrent get", true, true),
-    ];
-    for (name, get, par) in rows {
-        // Interleave kv and raw in short rounds (swapping who goes first) and compare
-        // total throughput, so load drift on a shared machine hits both sides alike.
-        const ROUNDS: usize = 8;
-        let m = (n / ROUNDS).max(TASKS);
+    let count = || kv_testkit::zookeeper::packets_received(&ep);
+    for (name, op, tasks) in [
+        ("sequential put, new key", Op::PutNew, 1),
+        ("sequential put, overwrite", Op::Overwrite, 1),
+        ("sequential get", Op::Get, 1),
+        ("sequential delete", Op::Delete, 1),
+        ("64-task put, new key", Op::PutNew, TASKS),
+        ("64-task put, overwrite", Op::Overwrite, TASKS),
+        ("64-task get", Op::Get, TASKS),
+        ("64-task delete", Op::Delete, TASKS),
+    ] {
+        if !bench::selected(name) {
+            continue;
+        }
+        let m = bench::round_to_tasks((n / rounds).max(tasks), tasks);
         let samples = bench::alternate(
-            ROUNDS,
-            || async {
-                if par {
-                    kv_par(store.clone(), m, get).await
-                } else {
-                    kv_seq(&store, m, get).await
-                }
-            },
-            || async {
-                if par {
-                    raw_par(raw.clone(), m, get).await
-                } else {
-                    raw_seq(&raw, m, get).await
-                }
-            },
+            rounds,
+            || bench::counted(count, kv_run(&store, &kv_keys, op, m, tasks)),
+            || bench::counted(count, raw_run(&raw, &raw_keys, op, m, tasks)),
         )
         .await;
-        let (k, r) = samples.overall_rates();
-        report.row(name, k, r, &[]);
+        report.best_of_rounds_row(name, &samples);
     }
     let _ = store.delete_tree("").await;
     store.close().await.unwrap();

@@ -257,7 +257,10 @@ async fn write_value(
                     Err(e) => return Err(inner.err(e, key)),
                 };
                 let r = if st.num_children == 0 {
-                    inner.replace_node(c, path, st.version, &data, &eph).await
+                    inner
+                        .replace_node(c, path, Some(st.version), &data, &eph)
+                        .await
+                        .map_err(zk::Error::from)
                 } else {
                     c.set_data(path, &data, Some(st.version)).await
                 };

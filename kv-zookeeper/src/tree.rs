@@ -119,6 +119,7 @@ pub async fn delete_tree(inner: &Inner, prefix: &str) -> Result<()> {
             }
         }
         if !retry {
+            inner.forget_below(&root);
             return Ok(());
         }
         if attempt >= 50 {

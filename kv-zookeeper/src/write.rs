@@ -1,0 +1,507 @@
+//! Writes of one key: `put`, `atomic_put`, `delete` and `atomic_delete`, and what a store
+//! remembers of the znodes it wrote or read so that a put or delete is one request.
+//!
+//! A znode's type (permanent, TTL, ephemeral lock value) is fixed when it is created, and
+//! ZooKeeper does not report TTL znodes as such (`ephemeralOwner` reads 0), so each store keeps
+//! a [`Known`] entry per path it created, wrote or read: the znode's `czxid` (which identifies
+//! that znode: a delete and re-create gives a new one), its type, and the data version and
+//! `mzxid` last seen. A put then sends one request:
+//!
+//! - known znode of the wanted type: `setData`; the `czxid` it returns confirms the znode is
+//!   the one known (else it is replaced, below);
+//! - known znode of another type (TTL ↔ permanent, another TTL): one `multi` that deletes it
+//!   and creates the new one;
+//! - unknown path (never written or read by this store, or deleted by it): `create`, the common
+//!   case of a first write. Only when that finds the znode there (`NodeExists`) does the put
+//!   cost a second round trip: a pipelined read of the old znode (its header gives its type)
+//!   and `setData`, then a replacing `multi` only if the type was wrong. `NoNode` (missing
+//!   parents) creates the parents once and retries. The store keeps a small score of what such
+//!   first puts found: when unknown paths mostly held a znode lately (a process rewriting the
+//!   keys of an earlier run), it sends the pipelined read and `setData` first instead (one
+//!   round trip, two requests; `create` after it when the key was new), and goes back to
+//!   `create` first when new keys dominate again. Reads (`get`, `exists`) record what they
+//!   read, so a get then put of a key costs one request each.
+//!
+//! Versions stay the znode's `mzxid`: ZooKeeper gives every write, creations included, a new
+//! zxid, so a key's version grows across a delete and re-create whichever way the put went.
+
+use std::time::Duration;
+
+use kv_core::{Error, KvPair, Result};
+use zookeeper_client as zk;
+use zookeeper_client::{Client, Stat};
+
+use crate::{codec, Inner, Node, BACKEND};
+
+/// Most paths a store remembers; the table is cleared when full (then the first put of a path
+/// costs a `create` attempt again).
+const KNOWN_MAX: usize = 100_000;
+
+/// What a store knows of the znode at a path (see the [module docs](self)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Known {
+    /// Creation zxid: identifies the znode (a re-created znode has another).
+    pub czxid: i64,
+    /// TTL in ms of a TTL znode, `None` for a permanent one.
+    pub ttl: Option<u64>,
+    /// Data version last seen.
+    pub version: i32,
+    /// `mzxid` last seen (the key's version then).
+    pub mzxid: i64,
+}
+
+/// Bound of [`Inner::unknown_existed`]: how many first puts in a row it takes to switch
+/// back.
+const SCORE_MAX: i32 = 3;
+
+/// The next request a put sends.
+#[derive(Clone, Copy, Debug)]
+enum Next {
+    /// `setData` on the known znode of the wanted type.
+    Set(Known),
+    /// `create` (the path holds no znode as far as the store knows).
+    Create,
+    /// Pipelined read of the old znode and `setData` (a znode of unknown type is there).
+    Probe,
+    /// Delete (at this data version, or any) and re-create in one `multi`.
+    Replace(Option<i32>),
+}
+
+fn ms(ttl: Option<Duration>) -> Option<u64> {
+    ttl.map(|t| t.as_millis() as u64)
+}
+
+impl Inner {
+    /// Records what a write or read of `path` returned: `stat` of a non-ephemeral znode of
+    /// type `ttl`. A reply older than what is known (concurrent puts) is ignored.
+    pub(crate) fn remember(&self, path: &str, stat: &Stat, ttl: Option<u64>) {
+        let k = Known {
+            czxid: stat.czxid,
+            ttl,
+            version: stat.version,
+            mzxid: stat.mzxid,
+        };
+        let mut t = self.types.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = t.get_mut(path) {
+            if (k.czxid, k.mzxid) >= (old.czxid, old.mzxid) {
+                *old = k;
+            }
+            return;
+        }
+        if t.len() >= KNOWN_MAX {
+            t.clear();
+        }
+        t.insert(path.to_string(), k);
+    }
+
+    /// Records a read of a key's znode when its type is certain (no children, not ephemeral:
+    /// then the value header gives it).
+    pub(crate) fn remember_read(&self, path: &str, stat: &Stat, ttl: Option<u64>) {
+        if stat.num_children == 0 && stat.ephemeral_owner == 0 {
+            self.remember(path, stat, ttl);
+        }
+    }
+
+    /// Records what the first put of a path missing from `types` found.
+    fn first_put_found(&self, existed: bool) {
+        let step = if existed { 1 } else { -1 };
+        let _ = self.unknown_existed.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |s| Some((s + step).clamp(-SCORE_MAX, SCORE_MAX)),
+        );
+    }
+
+    pub(crate) fn known(&self, path: &str) -> Option<Known> {
+        self.types
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(path)
+            .copied()
+    }
+
+    pub(crate) fn forget(&self, path: &str) {
+        self.types
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(path);
+    }
+
+    /// Forgets every path below `root` (after `delete_tree`).
+    pub(crate) fn forget_below(&self, root: &str) {
+        let below = format!("{}/", root.trim_end_matches('/'));
+        self.types
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|p, _| !p.starts_with(&below));
+    }
+
+    /// Replaces a znode (at data `version`, or any with `None`) by a new one of the right
+    /// type, atomically, in one request. The `multi` ends with a `setData` of the same data on
+    /// the new znode: servers before 3.7.2/3.8.2 return no stat for a create inside a `multi`
+    /// (ZOOKEEPER-4026), the `setData` result carries it (same zxid: one transaction).
+    pub async fn replace_node(
+        &self,
+        client: &Client,
+        path: &str,
+        version: Option<i32>,
+        data: &[u8],
+        opts: &zk::CreateOptions<'_>,
+    ) -> std::result::Result<Stat, zk::MultiWriteError> {
+        let mut w = client.new_multi_writer();
+        w.add_delete(path, version)?;
+        w.add_create(path, data, opts)?;
+        w.add_set_data(path, data, Some(0))?;
+        let res = w.commit().await?;
+        match res.into_iter().nth(2) {
+            Some(zk::MultiWriteResult::SetData { stat }) => Ok(stat),
+            _ => Err(zk::MultiWriteError::from(zk::Error::UnexpectedError(
+                "multi setData gave no result".into(),
+            ))),
+        }
+    }
+
+    /// [`Self::replace_node`] for a key value, recording the new znode's type.
+    pub async fn replace_key(
+        &self,
+        client: &Client,
+        path: &str,
+        version: i32,
+        data: &[u8],
+        ttl: Option<Duration>,
+    ) -> std::result::Result<Stat, zk::Error> {
+        let st = self
+            .replace_node(client, path, Some(version), data, &self.create_opts(ttl))
+            .await
+            .map_err(zk::Error::from)?;
+        self.remember(path, &st, ms(ttl));
+        Ok(st)
+    }
+
+    pub(crate) fn ttl_error(&self, e: zk::Error, key: &str, ttl: Option<Duration>) -> Error {
+        if ttl.is_some() && matches!(e, zk::Error::Unimplemented) {
+            return Error::unsupported(
+                "TTL keys on this ZooKeeper server (enable TTL nodes with extendedTypesEnabled=true in zoo.cfg)",
+                BACKEND,
+            );
+        }
+        self.err(e, key)
+    }
+
+    /// Creates a key's znode (parents as needed). `Ok(None)`: it exists already.
+    pub(crate) async fn create_key(
+        &self,
+        client: &Client,
+        key: &str,
+        path: &str,
+        data: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<Option<Stat>> {
+        let opts = self.create_opts(ttl);
+        for _ in 0..2 {
+            match client.create(path, data, &opts).await {
+                Ok((stat, _)) => {
+                    let stat = Self::fix_stat(client, path, stat)
+                        .await
+                        .map_err(|e| self.err(e, key))?;
+                    self.remember(path, &stat, ms(ttl));
+                    return Ok(Some(stat));
+                }
+                Err(zk::Error::NodeExists) => return Ok(None),
+                Err(zk::Error::NoNode) => self
+                    .make_parents(client, path)
+                    .await
+                    .map_err(|e| self.err(e, key))?,
+                Err(e) => return Err(self.ttl_error(e, key, ttl)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// `put`: one request when the store knows the znode or the key is new (see the
+    /// [module docs](self)).
+    pub async fn put(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<KvPair> {
+        let path = self.path(key);
+        let data = codec::encode(value, ttl);
+        let want = ms(ttl);
+        let client = self.conn()?.client;
+        let done = |stat: Stat| Ok(KvPair::new(key, value, stat.mzxid as u64));
+        // A changed znode found by a replace: probe a permanent put again, replace any for TTL.
+        let changed = if ttl.is_some() {
+            Next::Replace(None)
+        } else {
+            Next::Probe
+        };
+        let known = self.known(&path);
+        // Unknown path: learn from the first answer whether such paths tend to exist.
+        let mut learn = known.is_none();
+        let mut next = match known {
+            Some(k) if k.ttl == want => Next::Set(k),
+            Some(_) => Next::Replace(None),
+            None if self
+                .unknown_existed
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0 =>
+            {
+                changed
+            }
+            None => Next::Create,
+        };
+        for _ in 0..20 {
+            let mut found = |existed: bool| {
+                if std::mem::take(&mut learn) {
+                    self.first_put_found(existed);
+                }
+            };
+            next = match next {
+                Next::Set(k) => match client.set_data(&path, &data, None).await {
+                    Ok(stat) if stat.czxid == k.czxid && stat.ephemeral_owner == 0 => {
+                        self.remember(&path, &stat, want);
+                        return done(stat);
+                    }
+                    // Keys below: the znode stays, the header decides.
+                    Ok(stat) if stat.num_children > 0 => return done(stat),
+                    // Re-created by someone else (type unknown) or a lock's ephemeral value.
+                    Ok(stat) => Next::Replace(Some(stat.version)),
+                    Err(zk::Error::NoNode) => {
+                        self.forget(&path);
+                        Next::Create
+                    }
+                    Err(e) => return Err(self.err(e, key)),
+                },
+                Next::Create => match self.create_key(&client, key, &path, &data, ttl).await? {
+                    Some(stat) => {
+                        found(false);
+                        return done(stat);
+                    }
+                    None => {
+                        found(true);
+                        changed
+                    }
+                },
+                Next::Probe => {
+                    // The server answers a session's requests in order: one round trip.
+                    let old = client.get_data(&path);
+                    let new = client.set_data(&path, &data, None);
+                    let (old, new) = futures::join!(old, new);
+                    found(new.is_ok());
+                    match new {
+                        Ok(stat) => {
+                            let old_ttl = match &old {
+                                Ok((old_data, st))
+                                    if st.czxid == stat.czxid && st.version + 1 == stat.version =>
+                                {
+                                    Some((codec::header_ttl(old_data), *st))
+                                }
+                                _ => None,
+                            };
+                            match old_ttl {
+                                Some((t, st)) if !codec::needs_replace(t, &st, None) => {
+                                    self.remember_read(&path, &stat, t);
+                                    return done(stat);
+                                }
+                                _ if stat.num_children > 0 => return done(stat),
+                                // A TTL or ephemeral znode (or changed between the requests).
+                                _ => Next::Replace(Some(stat.version)),
+                            }
+                        }
+                        Err(zk::Error::NoNode) => Next::Create,
+                        Err(e) => return Err(self.err(e, key)),
+                    }
+                }
+                Next::Replace(version) => {
+                    let opts = self.create_opts(ttl);
+                    match self
+                        .replace_node(&client, &path, version, &data, &opts)
+                        .await
+                    {
+                        Ok(stat) => {
+                            found(true);
+                            self.remember(&path, &stat, want);
+                            return done(stat);
+                        }
+                        Err(zk::MultiWriteError::OperationFailed {
+                            index: 0,
+                            source: zk::Error::NoNode,
+                        }) => {
+                            found(false);
+                            Next::Create
+                        }
+                        Err(zk::MultiWriteError::OperationFailed {
+                            index: 0,
+                            source: zk::Error::NotEmpty,
+                        }) => {
+                            // Keys below: keep the znode, the header carries the TTL.
+                            match client.set_data(&path, &data, None).await {
+                                Ok(stat) => return done(stat),
+                                Err(zk::Error::NoNode) => Next::Create,
+                                Err(e) => return Err(self.err(e, key)),
+                            }
+                        }
+                        Err(zk::MultiWriteError::OperationFailed {
+                            source:
+                                zk::Error::NodeExists | zk::Error::NoNode | zk::Error::BadVersion,
+                            ..
+                        }) => changed,
+                        Err(e) => return Err(self.ttl_error(e.into(), key, ttl)),
+                    }
+                }
+            };
+        }
+        Err(Error::backend(
+            BACKEND,
+            format!("put {key:?} kept racing with concurrent changes"),
+            zk::Error::RuntimeInconsistent,
+        ))
+    }
+
+    /// `atomic_put`: reads the znode, compares, then writes at the data version read.
+    pub async fn atomic_put(
+        &self,
+        key: &str,
+        value: &[u8],
+        previous: Option<&KvPair>,
+        ttl: Option<Duration>,
+    ) -> Result<KvPair> {
+        let path = self.path(key);
+        let data = codec::encode(value, ttl);
+        let client = self.conn()?.client;
+        for _ in 0..20 {
+            let node = Self::read_node(&client, &path)
+                .await
+                .map_err(|e| self.err(e, key))?;
+            let (stat, old_ttl) = match (previous, node) {
+                (None, Node::Missing) => {
+                    match self.create_key(&client, key, &path, &data, ttl).await? {
+                        Some(stat) => return Ok(KvPair::new(key, value, stat.mzxid as u64)),
+                        None => continue,
+                    }
+                }
+                (None, Node::Value(..)) => {
+                    return Err(Error::KeyExists {
+                        key: key.to_string(),
+                    })
+                }
+                (None, Node::NoValue(stat)) => (stat, None),
+                (_, Node::Expired(stat)) => {
+                    match client.delete(&path, Some(stat.version)).await {
+                        Err(zk::Error::NotEmpty) => {
+                            let _ = client
+                                .set_data(&path, codec::TOMBSTONE, Some(stat.version))
+                                .await;
+                        }
+                        Err(e @ (zk::Error::ConnectionLoss | zk::Error::NoAuth)) => {
+                            return Err(self.err(e, key))
+                        }
+                        _ => {}
+                    }
+                    continue;
+                }
+                (Some(_), Node::Missing | Node::NoValue(_)) => return Err(Error::not_found(key)),
+                (Some(prev), Node::Value(_, stat, old_ttl)) => {
+                    if stat.mzxid as u64 != prev.version {
+                        return Err(Error::KeyModified {
+                            key: key.to_string(),
+                            expected: prev.version,
+                            actual: stat.mzxid as u64,
+                        });
+                    }
+                    (stat, old_ttl)
+                }
+            };
+            let r = if !codec::needs_replace(old_ttl, &stat, ttl) {
+                client
+                    .set_data(&path, &data, Some(stat.version))
+                    .await
+                    .inspect(|s| self.remember_read(&path, s, ms(ttl)))
+            } else {
+                self.replace_key(&client, &path, stat.version, &data, ttl)
+                    .await
+            };
+            match r {
+                Ok(s) => return Ok(KvPair::new(key, value, s.mzxid as u64)),
+                // Changed since the read: start over (and report what is there then).
+                Err(
+                    zk::Error::BadVersion
+                    | zk::Error::NoNode
+                    | zk::Error::NodeExists
+                    | zk::Error::NotEmpty,
+                ) => continue,
+                Err(e) => return Err(self.ttl_error(e, key, ttl)),
+            }
+        }
+        Err(Error::backend(
+            BACKEND,
+            format!("atomic_put {key:?} kept racing with concurrent changes"),
+            zk::Error::RuntimeInconsistent,
+        ))
+    }
+
+    /// Deletes a key; with `previous`, only at that version. A plain delete of a permanent
+    /// key this store knows is one request: `delete` at the data version last seen (any
+    /// other answer than success or `NoNode` falls back to reading the znode first).
+    pub async fn delete_key(&self, key: &str, previous: Option<u64>) -> Result<()> {
+        let path = self.path(key);
+        let client = self.conn()?.client;
+        if previous.is_none() {
+            // TTL keys are read first: an expired one is absent.
+            if let Some(k) = self.known(&path).filter(|k| k.ttl.is_none()) {
+                match client.delete(&path, Some(k.version)).await {
+                    Ok(()) => {
+                        self.forget(&path);
+                        return Ok(());
+                    }
+                    Err(zk::Error::NoNode) => {
+                        self.forget(&path);
+                        return Err(Error::not_found(key));
+                    }
+                    Err(zk::Error::BadVersion | zk::Error::NotEmpty) => self.forget(&path),
+                    Err(e) => return Err(self.err(e, key)),
+                }
+            }
+        }
+        for _ in 0..20 {
+            let node = Self::read_node(&client, &path)
+                .await
+                .map_err(|e| self.err(e, key))?;
+            let stat = match node {
+                Node::Missing | Node::NoValue(_) => return Err(Error::not_found(key)),
+                Node::Expired(stat) => {
+                    Self::reap(&client, &path, &stat);
+                    return Err(Error::not_found(key));
+                }
+                Node::Value(_, stat, _) => stat,
+            };
+            if let Some(p) = previous {
+                if stat.mzxid as u64 != p {
+                    return Err(Error::KeyModified {
+                        key: key.to_string(),
+                        expected: p,
+                        actual: stat.mzxid as u64,
+                    });
+                }
+            }
+            let r = if stat.num_children > 0 {
+                client
+                    .set_data(&path, codec::TOMBSTONE, Some(stat.version))
+                    .await
+                    .map(|_| ())
+            } else {
+                client.delete(&path, Some(stat.version)).await
+            };
+            match r {
+                Ok(()) => {
+                    self.forget(&path);
+                    return Ok(());
+                }
+                Err(zk::Error::BadVersion | zk::Error::NoNode | zk::Error::NotEmpty) => continue,
+                Err(e) => return Err(self.err(e, key)),
+            }
+        }
+        Err(Error::backend(
+            BACKEND,
+            format!("delete {key:?} kept racing with concurrent changes"),
+            zk::Error::RuntimeInconsistent,
+        ))
+    }
+}
