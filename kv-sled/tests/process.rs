@@ -10,10 +10,21 @@ use kv_sled::{SledConfig, SledStore};
 
 const CHILD_MODE: &str = "KV_SLED_CHILD_MODE";
 const CHILD_PATH: &str = "KV_SLED_CHILD_PATH";
+/// Writes per strace scenario.
+const STRACE_WRITES: u32 = 200;
 
 /// Runs `child_entry` of this test binary in a child process with `mode`.
 fn spawn_child(mode: &str, path: &Path) -> (Child, BufReader<ChildStdout>) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
+    spawn_child_with(mode, path, Command::new(std::env::current_exe().unwrap()))
+}
+
+/// [`spawn_child`] through `command` (the test binary itself, or a tracer that runs it).
+fn spawn_child_with(
+    mode: &str,
+    path: &Path,
+    mut command: Command,
+) -> (Child, BufReader<ChildStdout>) {
+    let mut child = command
         .args([
             "child_entry",
             "--exact",
@@ -98,6 +109,78 @@ async fn child_entry() {
             loop {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
             }
+        }
+        "writers16" => {
+            // 16 concurrent writers; each acknowledgement is printed only after `put` returned Ok.
+            let out = std::sync::Arc::new(std::sync::Mutex::new(stdout));
+            let tasks: Vec<_> = (0..16)
+                .map(|t| {
+                    let (store, out) = (store.clone(), out.clone());
+                    tokio::spawn(async move {
+                        for i in 0..100_000u32 {
+                            let p = store
+                                .put(&format!("c{t}/{i:06}"), b"v", PutOptions::default())
+                                .await
+                                .unwrap();
+                            let mut o = out.lock().unwrap();
+                            writeln!(o, "ack {t} {i} {}", p.version).unwrap();
+                            o.flush().unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+        }
+        "strace-seq" => {
+            // Markers around each call, so the parent can place the syncs between them.
+            for i in 0..STRACE_WRITES {
+                writeln!(stdout, "begin {i}").unwrap();
+                stdout.flush().unwrap();
+                store
+                    .put(&format!("s/{i}"), b"v", PutOptions::default())
+                    .await
+                    .unwrap();
+                writeln!(stdout, "ack {i}").unwrap();
+                stdout.flush().unwrap();
+            }
+            store.close().await.unwrap();
+            writeln!(stdout, "done").unwrap();
+        }
+        "strace-par" => {
+            let tasks: Vec<_> = (0..64)
+                .map(|t| {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        for i in 0..STRACE_WRITES / 10 {
+                            store
+                                .put(&format!("p{t}/{i}"), b"v", PutOptions::default())
+                                .await
+                                .unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+            store.close().await.unwrap();
+            writeln!(stdout, "done").unwrap();
+        }
+        "strace-noflush" => {
+            store.close().await.unwrap();
+            let store = SledStore::connect(SledConfig::new(&path).flush(false))
+                .await
+                .unwrap();
+            for i in 0..STRACE_WRITES {
+                store
+                    .put(&format!("n/{i}"), b"v", PutOptions::default())
+                    .await
+                    .unwrap();
+            }
+            writeln!(stdout, "done").unwrap();
+            stdout.flush().unwrap();
         }
         "opener" => {
             let p = store.get("c/key").await.unwrap();
@@ -233,4 +316,159 @@ async fn closing_the_last_handle_releases_the_database() {
         .await
         .unwrap();
     assert_eq!(c.get("c/key").await.unwrap().value, b"from parent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_acknowledged_writes_survive_sigkill() {
+    for rep in 0..3 {
+        let dir = kv_testkit::temp_dir(&format!("sled-sigkill16-{rep}"));
+        let (mut child, mut out) = spawn_child("writers16", dir.path());
+        let parse = |line: &str| -> Option<(String, u64)> {
+            let rest = &line[line.find("ack ")? + 4..];
+            let mut parts = rest.split_whitespace();
+            let (t, i, v) = (parts.next()?, parts.next()?, parts.next()?);
+            Some((
+                format!("c{t}/{:06}", i.parse::<u32>().ok()?),
+                v.parse().ok()?,
+            ))
+        };
+        let mut acked = Vec::new();
+        while acked.len() < 400 {
+            acked.extend(parse(&wait_line(&mut out, "ack ")));
+        }
+        kill(&mut child);
+        let mut line = String::new();
+        while out.read_line(&mut line).unwrap() > 0 {
+            acked.extend(parse(&line));
+            line.clear();
+        }
+        let store = SledStore::connect(SledConfig::new(dir.path()))
+            .await
+            .unwrap();
+        for (key, version) in &acked {
+            let p = store.get(key).await.unwrap_or_else(|e| {
+                panic!(
+                    "acknowledged {key} lost after SIGKILL ({} acked): {e}",
+                    acked.len()
+                )
+            });
+            assert_eq!(p.version, *version, "{key}");
+        }
+        eprintln!(
+            "repetition {rep}: {} acknowledged writes of 16 writers all read back",
+            acked.len()
+        );
+        store.close().await.unwrap();
+    }
+}
+
+/// Runs child `mode` under `strace -f` and returns the trace lines of the sync calls and of
+/// the child's stdout writes, in the order strace saw them (`None`: strace missing, skipped).
+fn traced(mode: &str, path: &Path) -> Option<Vec<String>> {
+    let strace = kv_testkit::require_binary("strace", "apt-get install strace")?;
+    let log = path.with_extension("strace");
+    let mut cmd = Command::new(strace);
+    cmd.args([
+        "-f",
+        "-qq",
+        "-y",
+        "-e",
+        "trace=fdatasync,fsync,sync_file_range,write",
+        "-o",
+    ])
+    .arg(&log)
+    .arg(std::env::current_exe().unwrap());
+    let (mut child, mut out) = spawn_child_with(mode, &path.join("db-dir"), cmd);
+    wait_line(&mut out, "done");
+    assert!(child.wait().unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    Some(
+        text.lines()
+            .filter(|l| !l.contains("write(") || l.contains("write(1"))
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+/// Completed `fdatasync` calls on sled's log file `db` in `lines`.
+fn log_fdatasyncs(lines: &[String]) -> usize {
+    lines
+        .iter()
+        .filter(|l| is_call(l, "fdatasync") && l.contains("/db>") && l.contains(") = 0"))
+        .count()
+}
+
+/// True if strace line `l` is (the start or the whole of) a call of `name`.
+fn is_call(l: &str, name: &str) -> bool {
+    let body = l.split_once(' ').map(|(_, b)| b.trim_start()).unwrap_or(l);
+    body.starts_with(&format!("{name}(")) || body.starts_with(&format!("<... {name} resumed>"))
+}
+
+#[test]
+fn every_durable_write_waits_for_an_fdatasync_of_the_log() {
+    let dir = kv_testkit::temp_dir("sled-strace-seq");
+    let Some(lines) = traced("strace-seq", dir.path()) else {
+        return;
+    };
+    // For each put: an fdatasync of the log must START after the put began and END before it
+    // returned (sled's own flush is only sync_file_range, which does not reach stable storage).
+    let mut begun: Option<u32> = None;
+    let mut sync_started_since_begin = false;
+    let mut covered = 0;
+    for l in &lines {
+        if is_call(l, "write") && l.contains("\"begin ") {
+            begun = Some(covered);
+            sync_started_since_begin = false;
+        } else if is_call(l, "fdatasync") {
+            // Only the flusher thread calls fdatasync: a "resumed" line ends the last one begun.
+            if l.contains("/db>") && begun.is_some() {
+                sync_started_since_begin = true;
+            }
+            if l.contains(") = 0") && sync_started_since_begin {
+                if let Some(i) = begun.take() {
+                    covered = i + 1;
+                }
+            }
+        } else if is_call(l, "write") && l.contains("\"ack ") {
+            assert!(
+                begun.is_none(),
+                "put {covered} returned before an fdatasync of the log covered it: {l}"
+            );
+        }
+    }
+    assert_eq!(
+        covered, STRACE_WRITES,
+        "every put was covered by its own fdatasync"
+    );
+    let n = log_fdatasyncs(&lines);
+    eprintln!("{STRACE_WRITES} sequential durable puts: {n} fdatasync calls on the log");
+    assert!(n >= STRACE_WRITES as usize);
+}
+
+#[test]
+fn concurrent_durable_writers_share_fdatasyncs() {
+    let dir = kv_testkit::temp_dir("sled-strace-par");
+    let Some(lines) = traced("strace-par", dir.path()) else {
+        return;
+    };
+    let writes = 64 * (STRACE_WRITES / 10) as usize;
+    let n = log_fdatasyncs(&lines);
+    eprintln!("{writes} durable puts by 64 writers: {n} fdatasync calls on the log");
+    assert!(n >= 1, "durable writes without any fdatasync");
+    assert!(
+        n < writes / 2,
+        "{n} fdatasyncs for {writes} writes: no group commit"
+    );
+}
+
+#[test]
+fn writes_without_flush_do_not_wait_for_fdatasync() {
+    let dir = kv_testkit::temp_dir("sled-strace-noflush");
+    let Some(lines) = traced("strace-noflush", dir.path()) else {
+        return;
+    };
+    // Only the close of the first (flush=true) handle syncs; the puts never do.
+    let n = log_fdatasyncs(&lines);
+    eprintln!("{STRACE_WRITES} puts with flush=false: {n} fdatasync calls on the log");
+    assert!(n <= 2, "{n} fdatasyncs for writes that did not ask for any");
 }
