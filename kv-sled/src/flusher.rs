@@ -23,6 +23,9 @@ use kv_core::{Error, Result};
 use crate::db::map_err;
 use crate::BACKEND;
 
+/// How often an idle flusher syncs blob files written by `flush=false` writes.
+const BLOB_SWEEP: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The outcome of the latest completed round.
 #[derive(Clone, Debug, Default)]
 struct Round {
@@ -119,10 +122,18 @@ impl Flusher {
         loop {
             let (target, leftovers) = {
                 let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-                let mut s = self
+                let (mut s, idle) = self
                     .wake
-                    .wait_while(s, |s| s.requested == covered && s.stop.is_none())
+                    .wait_timeout_while(s, BLOB_SWEEP, |s| {
+                        s.requested == covered && s.stop.is_none()
+                    })
                     .unwrap_or_else(|e| e.into_inner());
+                if idle.timed_out() {
+                    drop(s);
+                    // sled fsyncs its log every 500 ms by itself, but never its blob files.
+                    let _ = files.sync_new_blobs();
+                    continue;
+                }
                 (s.requested, s.stop.take())
             };
             // Every ticket up to `target` was taken after its write finished, and this round

@@ -34,9 +34,7 @@
 //!   order events by version and ignore older ones, so every change of a key arrives, in
 //!   order. A transaction's writes arrive one key at a time, so a subtree watch may show the
 //!   snapshot between two writes of one transaction.
-//! - Durability: by default (`flush=true`) every write is flushed to disk before the call
-//!   returns. With `flush=false`, sled flushes in the background every 500 ms, so up to the
-//!   last half second of acknowledged writes can be lost in a crash.
+//! - Durability: see [below](#durability).
 //! - One process owns a database: the same path opened twice in a process shares one database
 //!   (locks and watches work across the handles); another process opening it gets
 //!   [`Error::Config`] saying the path is in use.
@@ -46,6 +44,35 @@
 //!   *without* changing the version, so watchers see no change and a version read while the
 //!   lock is held stays valid. Acquisition also waits while the key holds any other live value
 //!   (for example the lease of a crashed process, until it expires).
+//!
+//! ## Durability
+//! - **`flush=true` (default)**: a write (`put`, `atomic_put`, `delete`, `atomic_delete`,
+//!   `delete_tree`, a `txn` with writes, lock acquisition and `unlock`) returns `Ok` only after
+//!   it is on stable storage: one flusher thread per database runs *group-commit rounds* —
+//!   sled's `flush` (which on Linux ends in `sync_file_range` only), then `fdatasync` of sled's
+//!   log file, and `fsync` of every blob file sled created since the last round (values of
+//!   more than about 128 KiB are stored out of line, and sled never syncs those) and of the
+//!   blob directory. A write waits for a round that *started after* the write finished, so an
+//!   acknowledged write survives a process kill, a kernel crash and a power cut, as far as the
+//!   disk honours flush requests. Concurrent writers share rounds: one `fdatasync` serves
+//!   every writer waiting, so durable throughput grows with the number of writers (figures in
+//!   `benches/README.md`: about 4,400 puts/s with one writer, 70,000 with 64).
+//! - **`flush=false`**: a write returns once it is in sled's memory. sled's own background
+//!   thread writes and `fsync`s its log every 500 ms, and kv's flusher `fsync`s new blob files
+//!   every 500 ms, so a crash or power cut loses at most the acknowledged writes of about the
+//!   last half second (a lost write is lost whole: no torn values).
+//! - Not flushed per call, whatever the setting: the reaper's expiry tombstones and lock
+//!   renewals (they ride on the next round or sled's 500 ms flush; after a crash an expired key
+//!   is still expired, and a lost renewal only makes a lock lease end sooner).
+//! - `close()` on a database's last handle runs a final round (whatever the setting) and waits
+//!   for it at most the store's timeout; past that it returns [`Error::Timeout`] saying the
+//!   data is as durable as the last completed round (the round still finishes in the
+//!   background). No flush ever runs on an async worker thread: the flusher thread also does
+//!   sled's own flushing drop of the database.
+//! - sled 0.34 deadlocks when several `flush_async` calls run at once (spacejam/sled #1308,
+//!   #1241, #1357; fixed on sled's main branch, never released). kv never calls `flush_async`
+//!   and never flushes from two threads at once, and `tests/concurrency.rs` runs 8 and 64
+//!   handles of CAS, put, txn and delete traffic with `flush=true` to prove it.
 
 #![warn(missing_docs)]
 
@@ -112,7 +139,8 @@ pub struct SledConfig {
     pub path: PathBuf,
     /// Bound on every call (default [`DEFAULT_TIMEOUT`]).
     pub timeout: Duration,
-    /// Flush every write to disk before returning (default `true`).
+    /// Every write waits until it is on stable storage, `fdatasync` included (default `true`;
+    /// see [Durability](crate#durability) for exactly what each setting guarantees).
     pub flush: bool,
     /// Every key lives under this namespace (default `""`: none).
     pub namespace: String,
@@ -135,7 +163,7 @@ impl SledConfig {
         self
     }
 
-    /// Sets whether every write is flushed before returning.
+    /// Sets whether every write waits for stable storage ([Durability](crate#durability)).
     pub fn flush(mut self, flush: bool) -> Self {
         self.flush = flush;
         self

@@ -148,6 +148,18 @@ async fn child_entry() {
             store.close().await.unwrap();
             writeln!(stdout, "done").unwrap();
         }
+        "strace-blob" => {
+            // A value far above sled's inline limit goes to a blob file of its own.
+            writeln!(stdout, "begin blob").unwrap();
+            stdout.flush().unwrap();
+            store
+                .put("b/big", &vec![7u8; 1 << 20], PutOptions::default())
+                .await
+                .unwrap();
+            writeln!(stdout, "ack blob").unwrap();
+            stdout.flush().unwrap();
+            writeln!(stdout, "done").unwrap();
+        }
         "strace-par" => {
             let tasks: Vec<_> = (0..64)
                 .map(|t| {
@@ -443,6 +455,30 @@ fn every_durable_write_waits_for_an_fdatasync_of_the_log() {
     let n = log_fdatasyncs(&lines);
     eprintln!("{STRACE_WRITES} sequential durable puts: {n} fdatasync calls on the log");
     assert!(n >= STRACE_WRITES as usize);
+}
+
+#[test]
+fn a_durable_blob_value_is_fsynced_before_the_put_returns() {
+    let dir = kv_testkit::temp_dir("sled-strace-blob");
+    let Some(lines) = traced("strace-blob", dir.path()) else {
+        return;
+    };
+    let at = |what: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no {what:?} in the trace"))
+    };
+    let (begin, ack) = (at("\"begin blob"), at("\"ack blob"));
+    let blob_syncs = lines[begin..ack]
+        .iter()
+        .filter(|l| is_call(l, "fsync") && l.contains("/blobs/"))
+        .count();
+    assert!(
+        blob_syncs >= 1,
+        "the put returned before its blob file was fsynced:\n{}",
+        lines[begin..=ack].join("\n")
+    );
 }
 
 #[test]
