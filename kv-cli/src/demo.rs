@@ -1,129 +1,16 @@
-//! `kvctl`: a small command-line client for any kv store, and a guided demo.
-//!
-//! ```text
-//! cargo run -p kv --example kvctl -- demo                      # tour on the embedded store
-//! cargo run -p kv --example kvctl -- [--url URL] put KEY VALUE [--ttl 10s]
-//! cargo run -p kv --example kvctl -- [--url URL] get KEY
-//! cargo run -p kv --example kvctl -- [--url URL] list [PREFIX]
-//! cargo run -p kv --example kvctl -- [--url URL] delete KEY
-//! cargo run -p kv --example kvctl -- [--url URL] watch KEY     # Ctrl-C to stop
-//! ```
-//! The default URL is `sled://./kvctl-data` (an embedded database in the current directory).
-//! Network stores need the matching cargo feature, e.g. `--features etcd` and
-//! `--url etcd://127.0.0.1:2379/app`.
+//! `demo`: a guided tour of the API — config keys, list, watch, TTL, lock, CAS and a
+//! transaction — on a fresh embedded database (or on `--url`).
 
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use kv::{Error, LockOptions, PutOptions, Store, Txn, TxnResult};
 
-fn show(value: &[u8]) -> String {
-    match std::str::from_utf8(value) {
-        Ok(s) => format!("{s:?}"),
-        Err(_) => format!("{} bytes", value.len()),
-    }
-}
-
-fn usage() -> ExitCode {
-    eprintln!(
-        "usage: kvctl [--url URL] demo | put KEY VALUE [--ttl DURATION] | get KEY | list [PREFIX] | delete KEY | watch KEY\n\
-         schemes in this build: {}",
-        kv::available_schemes().join(", ")
-    );
-    ExitCode::from(2)
-}
-
-#[tokio::main]
-async fn main() -> ExitCode {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let mut url = None;
-    if let Some(i) = args.iter().position(|a| a == "--url") {
-        if i + 1 >= args.len() {
-            return usage();
-        }
-        url = Some(args.remove(i + 1));
-        args.remove(i);
-    }
-    let result = match args.first().map(String::as_str) {
-        Some("demo") if args.len() == 1 => demo(url).await,
-        Some(cmd) => {
-            command(
-                url.unwrap_or_else(|| "sled://./kvctl-data".into()),
-                cmd,
-                &args[1..],
-            )
-            .await
-        }
-        None => return usage(),
-    };
-    match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => usage(),
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn command(url: String, cmd: &str, args: &[String]) -> kv::Result<bool> {
-    let store = kv::open(&url).await?;
-    match (cmd, args) {
-        ("put", [key, value]) => {
-            let p = store
-                .put(key, value.as_bytes(), PutOptions::default())
-                .await?;
-            println!("{} = {} (version {})", p.key, show(&p.value), p.version);
-        }
-        ("put", [key, value, flag, ttl]) if flag == "--ttl" => {
-            let ttl = kv::url::parse_duration(ttl)?;
-            let p = store
-                .put(key, value.as_bytes(), PutOptions::with_ttl(ttl))
-                .await?;
-            println!(
-                "{} = {} (version {}, expires in {ttl:?})",
-                p.key,
-                show(&p.value),
-                p.version
-            );
-        }
-        ("get", [key]) => match store.get(key).await {
-            Ok(p) => println!("{} = {} (version {})", p.key, show(&p.value), p.version),
-            Err(Error::NotFound { key }) => println!("{key}: not found"),
-            Err(e) => return Err(e),
-        },
-        ("list", rest) if rest.len() <= 1 => {
-            let prefix = rest.first().map(String::as_str).unwrap_or("");
-            for p in store.list(prefix).await? {
-                println!("{} = {} (version {})", p.key, show(&p.value), p.version);
-            }
-        }
-        ("delete", [key]) => {
-            store.delete(key).await?;
-            println!("deleted {key}");
-        }
-        ("watch", [key]) => {
-            let mut w = store.watch(key).await?;
-            while let Some(item) = w.next().await {
-                match item {
-                    Ok(Some(p)) => {
-                        println!("{} = {} (version {})", p.key, show(&p.value), p.version)
-                    }
-                    Ok(None) => println!("{key}: absent"),
-                    Err(e) => eprintln!("watch error: {e}"),
-                }
-            }
-        }
-        _ => return Ok(false),
-    }
-    store.close().await?;
-    Ok(true)
-}
+use crate::output::show;
 
 /// A tour of the API: config keys, list, watch, TTL, lock, CAS and a transaction.
-async fn demo(url: Option<String>) -> kv::Result<bool> {
+pub async fn run(url: Option<String>) -> kv::Result<()> {
     let dir = tempfile::tempdir().map_err(|e| Error::config(format!("temp dir: {e}")))?;
     let url = url.unwrap_or_else(|| format!("sled://{}", dir.path().display()));
     println!("kv demo on {url}\n");
@@ -277,5 +164,5 @@ async fn demo(url: Option<String>) -> kv::Result<bool> {
 
     store.close().await?;
     println!("\ndone.");
-    Ok(true)
+    Ok(())
 }

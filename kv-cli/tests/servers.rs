@@ -1,0 +1,133 @@
+//! End-to-end tests of the `kvctl` binary against real etcd and ZooKeeper servers (started on
+//! loopback by kv-testkit; skipped loudly when not installed, failing under `scripts/test`).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{kvctl, run, wait_bounded, Streaming, DEADLINE};
+use kv_testkit::etcd::EtcdServer;
+use kv_testkit::zookeeper::ZkServer;
+
+/// `watch KEY` in JSON sees the current state, each change and the delete.
+fn watch_follows_changes(url: &str) {
+    run(url, &["put", "w/key", "one"]).expect(0);
+    let watch = Streaming::start(url, &["watch", "w/key", "--output", "json"]);
+    let first: serde_json::Value = serde_json::from_str(&watch.next_line()).unwrap();
+    assert_eq!(first["value"], "one");
+    run(url, &["put", "w/key", "two"]).expect(0);
+    let second: serde_json::Value = serde_json::from_str(&watch.next_line()).unwrap();
+    assert_eq!(second["value"], "two");
+    assert!(second["version"].as_u64() > first["version"].as_u64());
+    run(url, &["delete", "w/key"]).expect(0);
+    let gone: serde_json::Value = serde_json::from_str(&watch.next_line()).unwrap();
+    assert_eq!(gone["deleted"], true);
+    let tree = Streaming::start(url, &["watch", "-r", "w", "--output", "json"]);
+    let snap: serde_json::Value = serde_json::from_str(&tree.next_line()).unwrap();
+    assert_eq!(snap["pairs"].as_array().unwrap().len(), 0);
+    run(url, &["put", "w/a/b", "x"]).expect(0);
+    let snap: serde_json::Value = serde_json::from_str(&tree.next_line()).unwrap();
+    assert_eq!(snap["pairs"][0]["key"], "w/a/b");
+    assert_eq!(watch.interrupt(), 0, "Ctrl-C ends a watch with exit 0");
+    assert_eq!(tree.interrupt(), 0);
+}
+
+/// Two `kvctl lock` processes never run their commands at the same time.
+fn locks_exclude_each_other(url: &str, tag: &str) {
+    let dir = kv_testkit::temp_dir(tag);
+    let log = dir.path().join("log");
+    let script = format!(
+        "echo start $$ >> {0}; sleep 0.3; echo end $$ >> {0}",
+        log.display()
+    );
+    for _round in 0..3 {
+        let children: Vec<_> = (0..2)
+            .map(|_| {
+                kvctl(url)
+                    .args(["lock", "l/job", "--", "sh", "-c", &script])
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for c in children {
+            assert!(wait_bounded(c).status.success());
+        }
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 12, "{text}");
+    for pair in lines.chunks(2) {
+        let (s, e) = (pair[0].strip_prefix("start "), pair[1].strip_prefix("end "));
+        assert!(s.is_some() && s == e, "overlapping lock holders:\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_commands_watch_and_locks() {
+    let Some(server) = EtcdServer::start().await else {
+        return;
+    };
+    let url = format!("etcd://{}/kvctl", server.endpoint());
+    let j = run(&url, &["put", "a", "1", "--output", "json"])
+        .expect(0)
+        .json_lines();
+    assert_eq!(j[0]["key"], "a");
+    assert_eq!(run(&url, &["get", "a", "--raw"]).expect(0).stdout, "1");
+    let caps = run(&url, &["capabilities", "--output", "json"])
+        .expect(0)
+        .json_lines();
+    assert_eq!(caps[0]["backend"], "etcd");
+    watch_follows_changes(&url);
+    locks_exclude_each_other(&url, "kvctl-etcd-lock");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_lost_lock_kills_the_command() {
+    let Some(server) = EtcdServer::start().await else {
+        return;
+    };
+    let url = format!("etcd://{}/lost", server.endpoint());
+    let child = kvctl(&url)
+        .args(["lock", "held", "--ttl", "5s", "--", "sleep", "600"])
+        .spawn()
+        .unwrap();
+    // Wait until the lock is held (its key exists), then revoke its lease behind its back.
+    let start = Instant::now();
+    let lease = loop {
+        let leases = server.ctl(&["lease", "list"]);
+        if let Some(id) = leases
+            .lines()
+            .nth(1)
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+        {
+            if run(&url, &["get", "held"]).code == 0 {
+                break id.to_string();
+            }
+        }
+        assert!(start.elapsed() < DEADLINE, "the lock was never taken");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    server.ctl(&["lease", "revoke", &lease]);
+    let start = Instant::now();
+    let out = wait_bounded(child);
+    assert_eq!(out.status.code(), Some(4), "lock lost is exit 4");
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zookeeper_commands_and_watch() {
+    let Some(server) = ZkServer::start().await else {
+        return;
+    };
+    let url = format!("zk://{}/kvctl", server.endpoint());
+    run(&url, &["put", "a/b", "1"]).expect(0);
+    let keys = run(&url, &["ls", "--keys-only"]).expect(0);
+    assert_eq!(keys.stdout, "a/b\n");
+    watch_follows_changes(&url);
+    locks_exclude_each_other(&url, "kvctl-zk-lock");
+}
