@@ -3,7 +3,7 @@
 //! Every sentence of [`kv_core`]'s contract that can be observed through the [`Store`] trait
 //! is a *scenario* here: an `async fn(store, ctx) -> Result<(), Failure>` grouped by topic
 //! ([`basic`], [`values`], [`list`], [`atomic`], [`watch`], [`lock`], [`ttl`], [`txn`],
-//! [`errors`], [`close`]). [`scenarios`] lists them with the capabilities each needs; a
+//! [`errors`], [`close`], and the recipes: [`fencing`], [`election`], [`discovery`]). [`scenarios`] lists them with the capabilities each needs; a
 //! scenario whose capability the backend lacks is replaced by an *unsupported check*
 //! ([`check_unsupported`]) asserting that the call returns [`Error::Unsupported`].
 //!
@@ -407,7 +407,10 @@ pub fn keys_of(pairs: &[KvPair]) -> Vec<String> {
 pub mod atomic;
 pub mod basic;
 pub mod close;
+pub mod discovery;
+pub mod election;
 pub mod errors;
+pub mod fencing;
 pub mod list;
 pub mod lock;
 pub mod ttl;

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use kv_core::{Capabilities, Error, LockOptions, PutOptions, Store, Txn};
 
-use crate::{atomic, basic, close, errors, list, lock, ttl, txn, values, watch};
+use crate::{
+    atomic, basic, close, discovery, election, errors, fencing, list, lock, ttl, txn, values, watch,
+};
 use crate::{within, BoxFuture, Ctx, Outcome};
 
 /// A scenario body: `async fn(store, ctx) -> Result<(), Failure>`, boxed.
@@ -186,6 +188,42 @@ pub fn scenarios() -> Vec<Scenario> {
         ),
         scenario!("close::ends_watches", [Watch], close::ends_watches),
         scenario!("close::releases_locks", [Lock], close::releases_locks),
+        scenario!("fencing::token_increases", [Lock], fencing::token_increases),
+        scenario!(
+            "fencing::guarded_write",
+            [Lock, Txn],
+            fencing::guarded_write
+        ),
+        scenario!(
+            "fencing::paused_holder",
+            [Lock, Txn],
+            fencing::paused_holder
+        ),
+        scenario!(
+            "election::one_leader_at_a_time",
+            [Lock],
+            election::one_leader_at_a_time
+        ),
+        scenario!(
+            "election::failover_on_loss",
+            [Lock],
+            election::failover_on_loss
+        ),
+        scenario!(
+            "election::observe_follows_leader",
+            [Lock, Watch],
+            election::observe_follows_leader
+        ),
+        scenario!(
+            "discovery::register_update_deregister",
+            [Ttl, WatchTree],
+            discovery::register_update_deregister
+        ),
+        scenario!(
+            "discovery::crashed_instance_expires",
+            [Ttl, WatchTree],
+            discovery::crashed_instance_expires
+        ),
     ]
 }
 

@@ -209,6 +209,7 @@ pub(crate) async fn new_lock(inner: Arc<Inner>, key: String, opts: LockOptions) 
     Ok(Lock::new(
         key,
         opts.value,
+        entry.modify_index,
         signal,
         Box::new(Release {
             tx: Some(release_tx),

@@ -59,7 +59,9 @@ async fn run_inner(
         for (ci, c) in txn.compares.iter().enumerate() {
             let full = inner.full(c.key());
             ops.push(match c {
-                Compare::Version { version, .. } => KvOp::new("check-index", &full).index(*version),
+                Compare::Version { version, .. } | Compare::Held { token: version, .. } => {
+                    KvOp::new("check-index", &full).index(*version)
+                }
                 Compare::Absent { .. } => KvOp::new("check-not-exists", &full),
                 Compare::Present { .. } => KvOp::new("get", &full),
             });

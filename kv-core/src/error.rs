@@ -161,6 +161,23 @@ pub enum Error {
         /// What was found instead.
         reason: CompareFailure,
     },
+    /// A guarded write was rejected: a [`Txn::when_held`](crate::Txn::when_held) compare found
+    /// that the lock at `key` is no longer held by the acquisition with fencing token `token`
+    /// (it was lost, released or taken by another holder, whose write changed the version to
+    /// `actual`; `None` when the key is absent). Nothing was applied. This is how a holder
+    /// paused past its TTL learns that it was superseded; other compares of the same
+    /// transaction failing give [`Error::CompareFailed`] instead.
+    #[error("guarded write rejected: compare #{index}: the lock {key:?} is no longer held by the acquisition with fencing token {token} ({})", match actual { Some(a) => format!("the key now has version {a}"), None => "the key is absent".to_string() })]
+    FencingFailed {
+        /// Position of the guard in [`Txn::compares`](crate::Txn).
+        index: usize,
+        /// The lock key.
+        key: String,
+        /// The fencing token the guard expected.
+        token: u64,
+        /// The key's version found instead, `None` if absent.
+        actual: Option<u64>,
+    },
     /// The store was closed with [`Store::close`](crate::Store::close).
     #[error("the store is closed")]
     Closed,
@@ -221,6 +238,11 @@ impl Error {
     /// True for [`Error::NotFound`].
     pub fn is_not_found(&self) -> bool {
         matches!(self, Error::NotFound { .. })
+    }
+
+    /// True for [`Error::FencingFailed`] (a guarded write by a lost or superseded lock).
+    pub fn is_fencing_failure(&self) -> bool {
+        matches!(self, Error::FencingFailed { .. })
     }
 
     /// True when retrying the same call later may succeed (unreachable, timeout, some backend errors).

@@ -75,6 +75,20 @@
 //! - [`Lock::unlock`] (or dropping the [`Lock`]) releases it: the key and its value are
 //!   removed and the next waiter proceeds. Unlocking a lost lock reports [`Error::LockLost`].
 //! - Locks are not re-entrant: a second `new_lock` on the same key waits, also from the same handle.
+//! - [`Lock::fencing_token`] is the lock key's version written by this acquisition; by the
+//!   version rule above it strictly increases with every acquisition of that key, by anyone.
+//!   [`Txn::when_held`] guards a transaction with it: the transaction applies only while the
+//!   lock key still has exactly that version, and otherwise fails with
+//!   [`Error::FencingFailed`] (not `CompareFailed`), applying nothing. A holder paused past
+//!   its TTL thus cannot overwrite its successor's work.
+//!
+//! ## Recipes
+//! Built on the trait alone, so they work on every backend:
+//! - [`election`]: `Candidate::new(store, key, node, ttl).campaign()` → a [`election::Leadership`]
+//!   with a `term` (its fencing token), `lost()` and `resign()`; `Candidate::run()` re-campaigns
+//!   in a loop; [`election::observe`] follows the current leader.
+//! - [`discovery`]: [`discovery::register`] keeps an instance alive with TTL writes;
+//!   [`discovery::instances`] and [`discovery::watch_instances`] read and follow the set.
 //!
 //! ## Errors, timeouts, capabilities
 //! Every call returns [`Error`], a `#[non_exhaustive]` enum of matchable kinds. Every call
@@ -87,6 +101,8 @@
 #![warn(missing_docs)]
 
 pub mod capabilities;
+pub mod discovery;
+pub mod election;
 pub mod error;
 pub mod key;
 pub mod lock;

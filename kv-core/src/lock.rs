@@ -82,6 +82,7 @@ impl LostSignal {
 pub struct Lock {
     key: String,
     value: Vec<u8>,
+    fencing_token: u64,
     lost: LostSignal,
     release: Option<Box<dyn LockRelease>>,
 }
@@ -90,22 +91,27 @@ impl std::fmt::Debug for Lock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Lock")
             .field("key", &self.key)
+            .field("fencing_token", &self.fencing_token)
             .field("lost", &self.is_lost())
             .finish()
     }
 }
 
 impl Lock {
-    /// Wraps a driver's held lock.
+    /// Wraps a driver's held lock. `fencing_token` is the lock key's version as written by
+    /// this acquisition (the version `get` returns for the key while the lock is held); see
+    /// [`Lock::fencing_token`].
     pub fn new(
         key: impl Into<String>,
         value: Vec<u8>,
+        fencing_token: u64,
         lost: LostSignal,
         release: Box<dyn LockRelease>,
     ) -> Self {
         Lock {
             key: key.into(),
             value,
+            fencing_token,
             lost,
             release: Some(release),
         }
@@ -119,6 +125,27 @@ impl Lock {
     /// The value stored at the key while held.
     pub fn value(&self) -> &[u8] {
         &self.value
+    }
+
+    /// The fencing token of this acquisition: the lock key's version when it was acquired.
+    ///
+    /// Under kv's version contract (a key's version strictly increases on every write, also
+    /// across delete and re-create) every later acquisition of the same lock key, by anyone,
+    /// gets a larger token. Hand it to the resource you protect, or guard writes to the store
+    /// itself with [`Txn::when_held`](crate::Txn::when_held): a holder that was paused past its
+    /// TTL and resumes believing it still holds the lock is then rejected with
+    /// [`Error::FencingFailed`] instead of overwriting its successor's work.
+    ///
+    /// ```no_run
+    /// # async fn demo(store: &dyn kv_core::Store) -> kv_core::Result<()> {
+    /// use kv_core::{LockOptions, Txn};
+    /// let lock = store.new_lock("jobs/lock", LockOptions::with_value("worker-1")).await?;
+    /// let token = lock.fencing_token(); // larger than any earlier holder's
+    /// store.txn(Txn::new().when_held(&lock).put("jobs/state", format!("{token}"))).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn fencing_token(&self) -> u64 {
+        self.fencing_token
     }
 
     /// True once the lock was lost.
@@ -179,12 +206,12 @@ mod tests {
     async fn unlock_and_drop_release_once() {
         let n = Arc::new(AtomicUsize::new(0));
         let (_notify, sig) = lost_signal("k");
-        let l = Lock::new("k", vec![], sig, Box::new(Count(n.clone())));
+        let l = Lock::new("k", vec![], 1, sig, Box::new(Count(n.clone())));
         l.unlock().await.unwrap();
         assert_eq!(n.load(Ordering::SeqCst), 1);
 
         let (_notify, sig) = lost_signal("k");
-        drop(Lock::new("k", vec![], sig, Box::new(Count(n.clone()))));
+        drop(Lock::new("k", vec![], 1, sig, Box::new(Count(n.clone()))));
         for _ in 0..100 {
             if n.load(Ordering::SeqCst) == 2 {
                 break;
@@ -198,7 +225,7 @@ mod tests {
     async fn lost_signal_fires_and_unlock_reports_it() {
         let n = Arc::new(AtomicUsize::new(0));
         let (notify, sig) = lost_signal("k");
-        let l = Lock::new("k", vec![], sig, Box::new(Count(n.clone())));
+        let l = Lock::new("k", vec![], 1, sig, Box::new(Count(n.clone())));
         let s = l.lost_signal();
         assert!(!l.is_lost());
         notify.fire("expired");

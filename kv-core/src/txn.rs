@@ -27,23 +27,44 @@ pub enum Compare {
         /// Key.
         key: String,
     },
+    /// A guard ([`Txn::when_held`]): the lock key still has exactly the version `token` it got
+    /// from the acquisition with that fencing token. Drivers check it exactly like
+    /// [`Compare::Version`]; a failure is [`Error::FencingFailed`].
+    Held {
+        /// The lock key.
+        key: String,
+        /// The lock's [fencing token](crate::Lock::fencing_token).
+        token: u64,
+    },
 }
 
 impl Compare {
     /// The compared key.
     pub fn key(&self) -> &str {
         match self {
-            Compare::Version { key, .. } | Compare::Absent { key } | Compare::Present { key } => {
-                key
-            }
+            Compare::Version { key, .. }
+            | Compare::Absent { key }
+            | Compare::Present { key }
+            | Compare::Held { key, .. } => key,
         }
     }
 
     fn key_mut(&mut self) -> &mut String {
         match self {
-            Compare::Version { key, .. } | Compare::Absent { key } | Compare::Present { key } => {
-                key
-            }
+            Compare::Version { key, .. }
+            | Compare::Absent { key }
+            | Compare::Present { key }
+            | Compare::Held { key, .. } => key,
+        }
+    }
+
+    /// The exact version the compare requires (for [`Compare::Version`] and
+    /// [`Compare::Held`]), `None` for the others.
+    pub fn expected_version(&self) -> Option<u64> {
+        match self {
+            Compare::Version { version, .. } => Some(*version),
+            Compare::Held { token, .. } => Some(*token),
+            Compare::Absent { .. } | Compare::Present { .. } => None,
         }
     }
 
@@ -51,6 +72,17 @@ impl Compare {
     /// error names compare `index`. Drivers that evaluate compares themselves use this.
     pub fn evaluate(&self, index: usize, current: Option<u64>) -> Result<()> {
         use crate::error::CompareFailure as F;
+        if let Compare::Held { key, token } = self {
+            if current == Some(*token) {
+                return Ok(());
+            }
+            return Err(Error::FencingFailed {
+                index,
+                key: key.clone(),
+                token: *token,
+                actual: current,
+            });
+        }
         let failure = match (self, current) {
             (Compare::Version { version, .. }, Some(v)) if v == *version => return Ok(()),
             (Compare::Version { version, .. }, actual) => F::VersionMismatch {
@@ -60,6 +92,7 @@ impl Compare {
             (Compare::Absent { .. }, None) | (Compare::Present { .. }, Some(_)) => return Ok(()),
             (Compare::Absent { .. }, Some(_)) => F::Exists,
             (Compare::Present { .. }, None) => F::Missing,
+            (Compare::Held { .. }, _) => unreachable!("handled above"),
         };
         Err(Error::CompareFailed {
             index,
@@ -151,6 +184,37 @@ impl Txn {
         self.compares.push(Compare::Version {
             key: key.into(),
             version,
+        });
+        self
+    }
+
+    /// Guards the transaction with a held lock: it applies only while `lock`'s acquisition is
+    /// still current (the lock key still has the version [`Lock::fencing_token`] names). If the
+    /// lock was lost, released or taken over meanwhile, the transaction is rejected with
+    /// [`Error::FencingFailed`] and nothing is applied.
+    ///
+    /// ```no_run
+    /// # async fn demo(store: &dyn kv_core::Store, lock: &kv_core::Lock) -> kv_core::Result<()> {
+    /// use kv_core::{Error, Txn};
+    /// match store.txn(Txn::new().when_held(lock).put("shared/config", "v2")).await {
+    ///     Ok(_) => println!("written under token {}", lock.fencing_token()),
+    ///     Err(Error::FencingFailed { .. }) => println!("superseded: not written"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// [`Lock::fencing_token`]: crate::Lock::fencing_token
+    pub fn when_held(self, lock: &crate::Lock) -> Self {
+        self.when_fenced(lock.key(), lock.fencing_token())
+    }
+
+    /// Like [`when_held`](Txn::when_held), from the lock key and fencing token alone (e.g. a
+    /// leadership term passed to another task).
+    pub fn when_fenced(mut self, key: impl Into<String>, token: u64) -> Self {
+        self.compares.push(Compare::Held {
+            key: key.into(),
+            token,
         });
         self
     }
@@ -359,5 +423,24 @@ mod tests {
         assert!(Compare::Absent { key: "k".into() }
             .evaluate(0, None)
             .is_ok());
+        let held = Compare::Held {
+            key: "k".into(),
+            token: 5,
+        };
+        assert!(held.evaluate(0, Some(5)).is_ok());
+        assert!(matches!(
+            held.evaluate(1, Some(9)),
+            Err(Error::FencingFailed {
+                index: 1,
+                token: 5,
+                actual: Some(9),
+                ..
+            })
+        ));
+        assert!(matches!(
+            held.evaluate(0, None),
+            Err(Error::FencingFailed { actual: None, .. })
+        ));
+        assert_eq!(held.expected_version(), Some(5));
     }
 }

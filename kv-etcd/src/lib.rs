@@ -852,7 +852,7 @@ impl Store for EtcdStore {
             .map(|c| {
                 let full = inner.full(c.key());
                 match c {
-                    Compare::Version { version, .. } => {
+                    Compare::Version { version, .. } | Compare::Held { token: version, .. } => {
                         EtcdCompare::mod_revision(full, CompareOp::Equal, rev_of(*version))
                     }
                     Compare::Absent { .. } => {

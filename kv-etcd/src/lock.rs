@@ -257,6 +257,7 @@ async fn attempt(inner: &Arc<Inner>, key: &str, options: &LockOptions) -> Result
     Ok(Outcome::Acquired(Lock::new(
         key.to_string(),
         options.value.clone(),
+        crate::version_of(value_rev),
         signal,
         Box::new(Release {
             inner: inner.clone(),

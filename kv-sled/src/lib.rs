@@ -617,7 +617,13 @@ impl Store for SledStore {
             owner: Arc::downgrade(&self.inner.held),
             flush: self.inner.config.flush,
         };
-        Ok(Lock::new(key, options.value, signal, Box::new(release)))
+        Ok(Lock::new(
+            key,
+            options.value,
+            release.held.version,
+            signal,
+            Box::new(release),
+        ))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<KvPair>> {

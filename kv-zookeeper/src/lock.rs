@@ -368,6 +368,7 @@ pub async fn new_lock(inner: Arc<Inner>, key: String, options: LockOptions) -> R
         return Ok(Lock::new(
             key,
             options.value,
+            stat.mzxid as u64,
             signal,
             Box::new(Release {
                 held,

@@ -1,38 +1,18 @@
-//! Leader election on any kv store: a lock is leadership, its value names the leader, its
-//! `LostSignal` says when leadership ends, and a watch on the key follows the current leader.
+//! Leader election on any kv store with the `kv::election` recipe: three candidates campaign,
+//! each leader serves a short term (its writes guarded by the term, a fencing token) and
+//! resigns; a follower prints every change of leader.
 //!
 //! ```text
 //! cargo run -p kv --example leader_election                     # embedded store
 //! cargo run -p kv --features etcd --example leader_election -- etcd://127.0.0.1:2379/demo
 //! ```
-//! Three candidates campaign; the leader serves for a moment and resigns, the next one takes
-//! over, and a follower prints every change of leader (deduplicated, as docker/leadership's
-//! Follower does).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use kv::{LockOptions, Store};
+use kv::election::{observe, Candidate};
 
 const KEY: &str = "services/scheduler/leader";
-
-/// Campaigns until elected, leads for `term` (or until leadership is lost), then resigns.
-async fn candidate(store: Arc<dyn Store>, node: &'static str, term: Duration) -> kv::Result<()> {
-    let options = LockOptions::with_value(node).ttl(Duration::from_secs(15));
-    let lock = store.new_lock(KEY, options).await?;
-    println!("[{node}] elected");
-    let lost = lock.lost_signal();
-    tokio::select! {
-        e = lost.wait() => {
-            println!("[{node}] lost leadership: {e}");
-            return Ok(());
-        }
-        _ = tokio::time::sleep(term) => {}
-    }
-    println!("[{node}] resigns");
-    lock.unlock().await
-}
 
 #[tokio::main]
 async fn main() -> kv::Result<()> {
@@ -42,20 +22,19 @@ async fn main() -> kv::Result<()> {
         .unwrap_or_else(|| format!("sled://{}", dir.path().display()));
     println!("leader election on {url}");
 
-    // The follower: the current leader's name, or none, each time it changes.
-    let follower_store = kv::open(&url).await?;
-    let mut leaders = follower_store.watch(KEY).await?;
+    // The follower: the current leader and its term, deduplicated, until the last one resigns.
+    let mut leaders = observe(kv::open(&url).await?, KEY);
     let follower = tokio::spawn(async move {
-        let mut changes = 0;
+        let mut terms = 0;
         while let Some(item) = leaders.next().await {
             match item {
-                Ok(Some(p)) => println!("  follower: leader is {}", p.value_str()),
+                Ok(Some(l)) => {
+                    println!("  follower: leader is {} (term {})", l.value_str(), l.term);
+                    terms += 1;
+                }
+                Ok(None) if terms == 3 => break,
                 Ok(None) => println!("  follower: no leader"),
-                Err(e) => println!("  follower: watch error (it keeps going): {e}"),
-            }
-            changes += 1;
-            if changes == 7 {
-                break; // none, a, none, b, none, c, none
+                Err(e) => println!("  follower: watch error (it keeps following): {e}"),
             }
         }
     });
@@ -64,11 +43,25 @@ async fn main() -> kv::Result<()> {
     let mut campaigns = Vec::new();
     for node in ["node-a", "node-b", "node-c"] {
         let store = kv::open(&url).await?;
-        campaigns.push(tokio::spawn(candidate(
-            store,
-            node,
-            Duration::from_millis(300),
-        )));
+        let ttl = store.capabilities().min_ttl.max(Duration::from_secs(5));
+        let candidate = Candidate::new(store.clone(), KEY, node, ttl);
+        campaigns.push(tokio::spawn(async move {
+            let leadership = candidate.campaign().await?;
+            println!("[{node}] elected, term {}", leadership.term());
+            // A write only the current leader can make: a deposed leader's is rejected.
+            let plan = format!("plan by {node} in term {}", leadership.term());
+            store
+                .txn(leadership.guard().put("services/scheduler/plan", plan))
+                .await?;
+            tokio::select! {
+                e = leadership.lost() => println!("[{node}] lost leadership: {e}"),
+                _ = tokio::time::sleep(Duration::from_millis(300)) => {
+                    println!("[{node}] resigns");
+                    leadership.resign().await?;
+                }
+            }
+            kv::Result::Ok(())
+        }));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for c in campaigns {

@@ -1,0 +1,171 @@
+//! The pause-and-resume fencing test against a real etcd (Jepsen's etcd 3.4 lock hazard): a
+//! leader *process* is frozen with SIGSTOP past its TTL, another candidate is elected with a
+//! higher term, the frozen one is resumed with SIGCONT and writes as if it still led. Its
+//! guarded write (`Txn::when_held`) must be rejected with `FencingFailed` (0 stale writes),
+//! while the same write unguarded lands (the hazard is real).
+//!
+//! The test re-runs its own binary as the child (`KV_PAUSE_CHILD_URL` set); they talk over
+//! the child's stdin/stdout.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kv_core::election::Candidate;
+use kv_core::{PutOptions, Store};
+use kv_etcd::EtcdStore;
+use kv_testkit::etcd::EtcdServer;
+
+const CHILD_ENV: &str = "KV_PAUSE_CHILD_URL";
+const TTL: Duration = Duration::from_secs(2);
+const DEADLINE: Duration = Duration::from_secs(30);
+const LEADER: &str = "leader";
+const DATA: &str = "data";
+
+async fn open(url: &str) -> Arc<dyn Store> {
+    Arc::new(EtcdStore::from_url(url).await.expect("connect"))
+}
+
+async fn read_command() -> String {
+    tokio::task::spawn_blocking(|| {
+        let mut l = String::new();
+        std::io::stdin()
+            .read_line(&mut l)
+            .map(|_| l.trim().to_string())
+    })
+    .await
+    .expect("stdin task")
+    .expect("read stdin")
+}
+
+/// The child: campaign, report the term, write guarded on "WRITE", unguarded on "UNGUARDED".
+async fn child(url: String) {
+    let store = open(&url).await;
+    let leadership = Candidate::new(store.clone(), LEADER, "child", TTL)
+        .campaign()
+        .await
+        .expect("child campaign");
+    println!("CHILD ELECTED {}", leadership.term());
+    assert_eq!(read_command().await, "WRITE");
+    // Resumed: it still "believes" it leads (it does not look at lost()).
+    let guarded = store
+        .txn(leadership.guard().put(DATA, b"stale-guarded".to_vec()))
+        .await;
+    match guarded {
+        Ok(_) => println!("CHILD GUARDED LANDED"),
+        Err(e) if e.is_fencing_failure() => println!("CHILD GUARDED REJECTED"),
+        Err(e) => println!("CHILD GUARDED ERROR {e}"),
+    }
+    assert_eq!(read_command().await, "UNGUARDED");
+    match store
+        .put(DATA, b"stale-unguarded", PutOptions::default())
+        .await
+    {
+        Ok(_) => println!("CHILD UNGUARDED LANDED"),
+        Err(e) => println!("CHILD UNGUARDED ERROR {e}"),
+    }
+}
+
+async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
+    tokio::time::timeout(DEADLINE, rx.recv())
+        .await
+        .expect("a line from the child in time")
+        .expect("the child ended early")
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) on our own child's pid.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_leader_is_fenced() {
+    if let Ok(url) = std::env::var(CHILD_ENV) {
+        return child(url).await;
+    }
+    let Some(server) = EtcdServer::start().await else {
+        return;
+    };
+    let url = format!("etcd://{}/pause", server.endpoint());
+    let mut proc = Command::new(std::env::current_exe().expect("current exe"))
+        .args([
+            "--exact",
+            "paused_leader_is_fenced",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, &url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn the child");
+    let pid = proc.id();
+    let mut stdin = proc.stdin.take().expect("child stdin");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let stdout = proc.stdout.take().expect("child stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            // libtest may print "test ... " on the same line before the child's first line.
+            if let Some(i) = line.find("CHILD ") {
+                let _ = tx.send(line[i + "CHILD ".len()..].to_string());
+            }
+        }
+    });
+    let line = next(&mut rx).await;
+    let child_term: u64 = line
+        .strip_prefix("ELECTED ")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("child said {line:?}"));
+
+    let store = open(&url).await;
+    signal(pid, libc::SIGSTOP);
+    let t0 = Instant::now();
+    let lead = tokio::time::timeout(
+        TTL + DEADLINE,
+        Candidate::new(store.clone(), LEADER, "successor", TTL).campaign(),
+    )
+    .await
+    .expect("the successor elected in time")
+    .expect("campaign");
+    let failover = t0.elapsed();
+    eprintln!("figure etcd SIGSTOP: leader frozen -> new leader after {failover:?} (ttl {TTL:?})");
+    assert!(
+        failover >= TTL * 3 / 4,
+        "elected after {failover:?}, before the TTL"
+    );
+    assert!(
+        lead.term() > child_term,
+        "successor term {} <= frozen leader's {child_term}",
+        lead.term()
+    );
+    store
+        .txn(lead.guard().put(DATA, b"successor".to_vec()))
+        .await
+        .expect("the successor's guarded write");
+
+    signal(pid, libc::SIGCONT);
+    writeln!(stdin, "WRITE").expect("tell the child to write");
+    assert_eq!(
+        next(&mut rx).await,
+        "GUARDED REJECTED",
+        "0 stale guarded writes"
+    );
+    assert_eq!(
+        store.get(DATA).await.expect("get data").value,
+        b"successor",
+        "data after the resumed leader's guarded write"
+    );
+    writeln!(stdin, "UNGUARDED").expect("tell the child to write unguarded");
+    assert_eq!(next(&mut rx).await, "UNGUARDED LANDED");
+    assert_eq!(
+        store.get(DATA).await.expect("get data").value,
+        b"stale-unguarded",
+        "the unguarded stale write lands: the hazard fencing prevents"
+    );
+    let status = proc.wait().expect("wait for the child");
+    assert!(status.success(), "child exit: {status:?}");
+    lead.resign().await.expect("resign");
+    drop(server);
+}
