@@ -140,6 +140,30 @@ pub enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Campaign for leadership of KEY as NAME; hold it until Ctrl-C (exit 4 if lost).
+    #[command(
+        after_help = "Example: kvctl elect scheduler/leader node-1 --ttl 15s\n\nPrints the term (the fencing token) once elected; Ctrl-C resigns."
+    )]
+    Elect {
+        /// The election key.
+        key: String,
+        /// This candidate's name (stored at the key while it leads).
+        name: String,
+        /// How long the office outlives a crashed leader (default 10 s, or the backend's minimum).
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// Print the current leader of an election (exit 1 if none).
+    #[command(
+        after_help = "Examples:\n  kvctl leader scheduler/leader\n  kvctl leader scheduler/leader --watch --output json"
+    )]
+    Leader {
+        /// The election key.
+        key: String,
+        /// Keep printing every change of leader until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+    },
     /// Run a JSON transaction read from standard input.
     #[command(after_help = TXN_HELP)]
     Txn,

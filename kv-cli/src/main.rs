@@ -14,6 +14,7 @@
 mod cli;
 mod commands;
 mod demo;
+mod election_cmd;
 mod lock_cmd;
 mod output;
 mod txn;
@@ -115,6 +116,12 @@ async fn dispatch(
             ttl,
             command,
         } => return lock_cmd::run(store, key, value, ttl.as_deref(), command).await,
+        Command::Elect { key, name, ttl } => {
+            return election_cmd::elect(store, out, key, name, ttl.as_deref()).await
+        }
+        Command::Leader { key, watch } => {
+            return election_cmd::leader(store, out, key, *watch).await
+        }
         Command::Txn => txn::run(store, out).await?,
         Command::Capabilities => commands::capabilities(store, out),
         Command::Demo | Command::Completions { .. } => unreachable!("handled before opening"),

@@ -79,6 +79,40 @@ async fn etcd_commands_watch_and_locks() {
     assert_eq!(caps[0]["backend"], "etcd");
     watch_follows_changes(&url);
     locks_exclude_each_other(&url, "kvctl-etcd-lock");
+    election_hands_over(&url);
+}
+
+/// `elect` prints the term; `leader` shows the leader; after Ctrl-C the waiting candidate is
+/// elected with a higher term.
+fn election_hands_over(url: &str) {
+    run(url, &["leader", "e/leader"]).expect(1);
+    let first = Streaming::start(url, &["elect", "e/leader", "node-1", "--output", "json"]);
+    let elected: serde_json::Value = serde_json::from_str(&first.next_line()).unwrap();
+    let term1 = elected["term"].as_u64().unwrap();
+    let shown = run(url, &["leader", "e/leader", "--output", "json"])
+        .expect(0)
+        .json_lines();
+    assert_eq!(shown[0]["leader"], "node-1");
+    assert_eq!(shown[0]["term"].as_u64(), Some(term1));
+    let follow = Streaming::start(url, &["leader", "e/leader", "--watch"]);
+    assert_eq!(
+        follow.next_line(),
+        format!("e/leader: node-1 (term {term1})")
+    );
+    let second = Streaming::start(url, &["elect", "e/leader", "node-2", "--output", "json"]);
+    assert_eq!(first.interrupt(), 0, "Ctrl-C resigns with exit 0");
+    let elected: serde_json::Value = serde_json::from_str(&second.next_line()).unwrap();
+    assert_eq!(elected["name"], "node-2");
+    let term2 = elected["term"].as_u64().unwrap();
+    assert!(term2 > term1, "terms grow: {term1} then {term2}");
+    // The follower saw the hand-over (possibly with "no leader" in between).
+    let mut line = follow.next_line();
+    if line.ends_with("no leader") {
+        line = follow.next_line();
+    }
+    assert_eq!(line, format!("e/leader: node-2 (term {term2})"));
+    assert_eq!(second.interrupt(), 0);
+    assert_eq!(follow.interrupt(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
