@@ -367,7 +367,8 @@ impl Inner {
         let data = codec::encode(value, ttl);
         let client = self.conn()?.client;
         for _ in 0..20 {
-            let node = Self::read_node(&client, &path)
+            // Always synced: a stale stat would report a false `KeyModified`.
+            let node = Self::read_node_synced(&client, &path, true)
                 .await
                 .map_err(|e| self.err(e, key))?;
             let (stat, old_ttl) = match (previous, node) {
@@ -461,7 +462,8 @@ impl Inner {
             }
         }
         for _ in 0..20 {
-            let node = Self::read_node(&client, &path)
+            // Always synced: a stale stat would report a false `KeyModified`.
+            let node = Self::read_node_synced(&client, &path, true)
                 .await
                 .map_err(|e| self.err(e, key))?;
             let stat = match node {
