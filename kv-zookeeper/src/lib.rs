@@ -84,7 +84,8 @@
 //!   the first read after it re-arms on a reconnect) and the read of a `txn` are preceded by a
 //!   `sync` of the path, pipelined with the read in the same round trip: the server holds the
 //!   session's read until the leader has answered the `sync`, so the read reflects every write
-//!   committed before it. This costs a round trip from the connected server to the leader. The
+//!   committed before it. A get is then two requests (`sync` + `getData`) in one client round
+//!   trip, and the connected server waits for a round trip to the leader. The
 //!   reads of compare-and-swap (`atomic_put`, `atomic_delete`) and of transactions with
 //!   compares or writes are synced in both modes. Caveat (zookeeper-client's docs,
 //!   ZOOKEEPER-1675/2136): a `sync` is not quorum-acknowledged, so a server still following a
