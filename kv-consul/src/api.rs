@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use kv_core::{Error, Result};
+use kv_core::{Consistency, Error, Result};
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
@@ -179,14 +179,16 @@ pub(crate) fn go_duration(d: Duration) -> String {
 }
 
 impl Http {
-    /// GET one key: `Ok((entry or None, X-Consul-Index))`. `block` = `(index, wait)`.
+    /// GET one key: `Ok((entry or None, X-Consul-Index))`. `block` = `(index, wait)`;
+    /// `mode` adds `?consistent` or `?stale`.
     pub async fn kv_get(
         &self,
         key: &str,
         block: Option<(u64, Duration)>,
+        mode: Consistency,
     ) -> Result<(Option<Entry>, u64)> {
         let mut path = encode_path("/v1/kv/", key);
-        let budget = blocking_query(&mut path, false, block, self.timeout);
+        let budget = blocking_query(&mut path, false, block, self.timeout, mode);
         let r = self.send("get", Method::GET, &path, None, budget).await?;
         match r.status {
             StatusCode::OK => {
@@ -203,9 +205,10 @@ impl Http {
         &self,
         raw_prefix: &str,
         block: Option<(u64, Duration)>,
+        mode: Consistency,
     ) -> Result<(Vec<Entry>, u64)> {
         let mut path = encode_path("/v1/kv/", raw_prefix);
-        let budget = blocking_query(&mut path, true, block, self.timeout);
+        let budget = blocking_query(&mut path, true, block, self.timeout, mode);
         let r = self.send("list", Method::GET, &path, None, budget).await?;
         match r.status {
             StatusCode::OK => Ok((decode("list", &r.body)?, r.index.unwrap_or(0))),
@@ -216,8 +219,7 @@ impl Http {
 
     /// DELETE `?recurse` on a raw prefix.
     pub async fn kv_delete_prefix(&self, raw_prefix: &str) -> Result<()> {
-        let mut path = encode_path("/v1/kv/", raw_prefix);
-        blocking_query(&mut path, true, None, self.timeout);
+        let path = format!("{}?recurse", encode_path("/v1/kv/", raw_prefix));
         let r = self
             .send("delete_tree", Method::DELETE, &path, None, self.timeout)
             .await?;
@@ -230,11 +232,26 @@ impl Http {
 
     /// PUT `/v1/txn`.
     pub async fn txn(&self, operation: &str, ops: &[KvOp]) -> Result<TxnOutcome> {
+        self.txn_with(operation, ops, None).await
+    }
+
+    /// PUT `/v1/txn`; `read_mode` (for transactions without writes, which Consul answers
+    /// without Raft) adds `?consistent` or `?stale`.
+    pub async fn txn_with(
+        &self,
+        operation: &str,
+        ops: &[KvOp],
+        read_mode: Option<Consistency>,
+    ) -> Result<TxnOutcome> {
         let items: Vec<TxnItem<'_>> = ops.iter().map(|kv| TxnItem { kv }).collect();
         let body =
             serde_json::to_vec(&items).map_err(|e| Error::invalid_argument(e.to_string()))?;
+        let path = match read_mode {
+            None => "/v1/txn",
+            Some(m) => txn_path(m),
+        };
         let r = self
-            .send(operation, Method::PUT, "/v1/txn", Some(body), self.timeout)
+            .send(operation, Method::PUT, path, Some(body), self.timeout)
             .await?;
         match r.status {
             StatusCode::OK => {
@@ -324,22 +341,41 @@ impl Http {
     }
 }
 
-/// Appends the query string of a (possibly blocking, possibly `recurse`) read to `path`;
-/// returns the read's time budget.
+/// Consul's query flag of a read mode: `consistent` (a quorum round before answering, also
+/// across a leader change) or `stale` (any server answers from its copy).
+pub(crate) fn mode_flag(mode: Consistency) -> &'static str {
+    match mode {
+        Consistency::Linearizable => "consistent",
+        Consistency::Stale => "stale",
+    }
+}
+
+fn txn_path(mode: Consistency) -> &'static str {
+    match mode {
+        Consistency::Linearizable => "/v1/txn?consistent",
+        Consistency::Stale => "/v1/txn?stale",
+    }
+}
+
+/// Appends the query string of a (possibly blocking, possibly `recurse`) read in `mode` to
+/// `path`; returns the read's time budget.
 fn blocking_query(
     path: &mut String,
     recurse: bool,
     block: Option<(u64, Duration)>,
     timeout: Duration,
+    mode: Consistency,
 ) -> Duration {
     use std::fmt::Write as _;
     if recurse {
-        path.push_str("?recurse");
+        path.push_str("?recurse&");
+    } else {
+        path.push('?');
     }
+    path.push_str(mode_flag(mode));
     match block {
         Some((index, wait)) if index > 0 => {
-            let sep = if recurse { '&' } else { '?' };
-            let _ = write!(path, "{sep}index={index}&wait={}", go_duration(wait));
+            let _ = write!(path, "&index={index}&wait={}", go_duration(wait));
             wait + wait / 16 + timeout
         }
         _ => timeout,
@@ -356,24 +392,32 @@ mod tests {
         let w = Duration::from_secs(16);
         let q = |recurse, block| {
             let mut p = String::from("/v1/kv/a");
-            let b = blocking_query(&mut p, recurse, block, t);
+            let b = blocking_query(&mut p, recurse, block, t, Consistency::Linearizable);
             (p, b)
         };
-        assert_eq!(q(false, None), ("/v1/kv/a".into(), t));
-        assert_eq!(q(true, Some((0, w))), ("/v1/kv/a?recurse".into(), t));
+        assert_eq!(q(false, None), ("/v1/kv/a?consistent".into(), t));
+        assert_eq!(
+            q(true, Some((0, w))),
+            ("/v1/kv/a?recurse&consistent".into(), t)
+        );
         assert_eq!(
             q(false, Some((7, w))),
             (
-                "/v1/kv/a?index=7&wait=16000ms".into(),
+                "/v1/kv/a?consistent&index=7&wait=16000ms".into(),
                 w + Duration::from_secs(1) + t
             )
         );
         assert_eq!(
             q(true, Some((7, w))),
             (
-                "/v1/kv/a?recurse&index=7&wait=16000ms".into(),
+                "/v1/kv/a?recurse&consistent&index=7&wait=16000ms".into(),
                 w + Duration::from_secs(1) + t
             )
         );
+        let mut p = String::from("/v1/kv/a");
+        blocking_query(&mut p, true, None, t, Consistency::Stale);
+        assert_eq!(p, "/v1/kv/a?recurse&stale");
+        assert_eq!(txn_path(Consistency::Stale), "/v1/txn?stale");
+        assert_eq!(txn_path(Consistency::Linearizable), "/v1/txn?consistent");
     }
 }

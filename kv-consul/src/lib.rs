@@ -27,10 +27,26 @@
 //! | `tls=true` | use `https://` (needs the `tls` cargo feature) |
 //! | `ca=/path/ca.pem` | PEM CA bundle that signs the agents' certificates; implies `tls=true`. Required with TLS: the system trust store is not read |
 //! | `cert=/path/cert.pem`, `key=/path/key.pem` | client certificate and key (PEM) for mutual TLS (`verify_incoming`); give both |
+//! | `consistency=linearizable` (default) or `stale` | read consistency, see [below](#read-consistency) |
 //!
 //! Unknown options are a [`Error::Config`]. Without the `tls` feature, `tls`, `ca`, `cert` and
 //! `key` are a [`Error::Config`] naming the feature. TLS uses rustls with the aws-lc-rs provider,
 //! configured per store (no process-wide default provider is needed or installed).
+//!
+//! ## Read consistency
+//! kv's rule ([`kv_core::Consistency`]): reads are linearizable unless `consistency=stale`.
+//! - **Default (`linearizable`)**: every user read — `get`, `exists`, `list`, every read of a
+//!   `watch`/`watch_tree` (the first and the blocking ones), and a `txn` without writes — asks
+//!   for `?consistent`: the agent forwards it to the leader, which confirms with a quorum that it
+//!   is still the leader before answering. Consul's own default mode skips that check and can
+//!   answer from a deposed leader during a leader change. The reads the driver makes for itself
+//!   (around compare-and-swap, TTL writes and locks) are `?consistent` in both modes.
+//! - **`consistency=stale`**: those reads ask for `?stale`: *any* server (the agent's) answers
+//!   from its own copy of the state, without contacting the leader. A follower can lag the
+//!   leader by its replication delay (usually milliseconds; unbounded while it is cut off), so
+//!   a read may miss writes acknowledged to other clients, and two reads through different
+//!   agents may see states out of order. A `txn` with compares or writes is never stale
+//!   (writes go through Raft; compare-only transactions read `?consistent`).
 //!
 //! ## How kv maps onto Consul
 //!
@@ -173,8 +189,8 @@ use kv_core::key::{
 };
 use kv_core::retry::DEFAULT_TIMEOUT;
 use kv_core::{
-    async_trait, normalize_key, normalize_prefix, Capabilities, ConnectUrl, Error, KvPair, Lock,
-    LockOptions, PutOptions, Result, Store, Txn, TxnResult,
+    async_trait, normalize_key, normalize_prefix, Capabilities, ConnectUrl, Consistency, Error,
+    KvPair, Lock, LockOptions, PutOptions, Result, Store, Txn, TxnResult,
 };
 use reqwest::Method;
 
@@ -228,6 +244,9 @@ pub struct ConsulConfig {
     pub cert_file: Option<PathBuf>,
     /// PEM client private key for mutual TLS.
     pub key_file: Option<PathBuf>,
+    /// Read consistency (default [`Consistency::Linearizable`]: `?consistent` reads;
+    /// [`Consistency::Stale`]: `?stale`). See the [crate docs](crate).
+    pub consistency: Consistency,
 }
 
 impl ConsulConfig {
@@ -246,7 +265,14 @@ impl ConsulConfig {
             ca_file: None,
             cert_file: None,
             key_file: None,
+            consistency: Consistency::Linearizable,
         }
+    }
+
+    /// Sets the read consistency (URL option `consistency=`).
+    pub fn consistency(mut self, consistency: Consistency) -> Self {
+        self.consistency = consistency;
+        self
     }
 
     /// Sets the namespace.
@@ -305,6 +331,9 @@ impl ConsulConfig {
         c.ca_file = u.take("ca").map(PathBuf::from);
         c.cert_file = u.take("cert").map(PathBuf::from);
         c.key_file = u.take("key").map(PathBuf::from);
+        if let Some(m) = u.take_consistency()? {
+            c.consistency = m;
+        }
         u.finish()?;
         Ok(c)
     }
@@ -320,6 +349,8 @@ pub struct ConsulStore {
 pub(crate) struct Inner {
     pub http: Http,
     pub ns: String,
+    /// Mode of user reads (`get`, `exists`, `list`, watches, read-only `txn`).
+    pub read: Consistency,
     closed: AtomicBool,
     pub shutdown: tokio::sync::watch::Sender<bool>,
     pub lock_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -499,6 +530,7 @@ impl ConsulStore {
             inner: Arc::new(Inner {
                 http,
                 ns,
+                read: config.consistency,
                 closed: AtomicBool::new(false),
                 shutdown,
                 lock_tasks: Mutex::new(Vec::new()),
@@ -547,7 +579,10 @@ impl ConsulStore {
         }
         // A KV read checks the token (a denied token gives 403 here, not later).
         let probe = join(&self.inner.ns, "kv-consul-connect-probe");
-        self.inner.http.kv_get(&probe, None).await?;
+        self.inner
+            .http
+            .kv_get(&probe, None, Consistency::Stale)
+            .await?;
         Ok(())
     }
 }
@@ -585,8 +620,18 @@ impl Inner {
         Some(e.value_bytes().map(|v| KvPair::new(rel, v, e.modify_index)))
     }
 
+    /// Reads one entry linearizably (bookkeeping reads before and after writes).
     pub async fn get_entry(&self, full: &str) -> Result<Option<Entry>> {
-        Ok(self.http.kv_get(full, None).await?.0)
+        Ok(self
+            .http
+            .kv_get(full, None, Consistency::Linearizable)
+            .await?
+            .0)
+    }
+
+    /// Reads one entry in the store's read mode (user reads).
+    pub async fn read_entry(&self, full: &str) -> Result<Option<Entry>> {
+        Ok(self.http.kv_get(full, None, self.read).await?.0)
     }
 
     /// The subtree of a normalized prefix, sorted.
@@ -799,7 +844,7 @@ impl Store for ConsulStore {
         self.inner.check_open()?;
         let key = normalize_key(key)?;
         let full = self.inner.full(&key);
-        match self.inner.get_entry(&full).await? {
+        match self.inner.read_entry(&full).await? {
             Some(e) => Ok(KvPair::new(key, e.value_bytes()?, e.modify_index)),
             None => Err(Error::not_found(key)),
         }
@@ -827,7 +872,7 @@ impl Store for ConsulStore {
         let key = normalize_key(key)?;
         Ok(self
             .inner
-            .get_entry(&self.inner.full(&key))
+            .read_entry(&self.inner.full(&key))
             .await?
             .is_some())
     }
@@ -854,7 +899,7 @@ impl Store for ConsulStore {
         self.inner.check_open()?;
         let prefix = normalize_prefix(prefix)?;
         let raw = self.inner.raw_subtree(&prefix);
-        let (entries, _) = self.inner.http.kv_list(&raw, None).await?;
+        let (entries, _) = self.inner.http.kv_list(&raw, None, self.inner.read).await?;
         self.inner.subtree_pairs(&prefix, &entries)
     }
 
@@ -1001,6 +1046,21 @@ mod tests {
         assert_eq!(normalize_endpoint("h:1", true).unwrap(), "https://h:1");
         assert!(normalize_endpoint("http://h:1", false).is_err());
         assert!(normalize_endpoint("h:x", false).is_err());
+    }
+
+    #[test]
+    fn consistency_option() {
+        let c = ConsulConfig::from_url("consul://h/app").unwrap();
+        assert_eq!(c.consistency, Consistency::Linearizable);
+        let c = ConsulConfig::from_url("consul://h/app?consistency=stale").unwrap();
+        assert_eq!(c.consistency, Consistency::Stale);
+        let c = ConsulConfig::from_url("consul://h/app?consistency=linearizable").unwrap();
+        assert_eq!(c.consistency, Consistency::Linearizable);
+        let c = ConsulConfig::new(["h"]).consistency(Consistency::Stale);
+        assert_eq!(c.consistency, Consistency::Stale);
+        let e = ConsulConfig::from_url("consul://h/?consistency=default").unwrap_err();
+        assert!(matches!(e, Error::Config { .. }), "{e}");
+        assert!(e.to_string().contains("linearizable, stale"), "{e}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use kv_core::key::check_value_size;
 use kv_core::lock::{lost_signal, LostNotifier};
 use kv_core::retry::{timed, Backoff};
-use kv_core::{async_trait, Error, Lock, LockOptions, LockRelease, Result};
+use kv_core::{async_trait, Consistency, Error, Lock, LockOptions, LockRelease, Result};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -111,7 +111,9 @@ pub(crate) async fn new_lock(inner: Arc<Inner>, key: String, opts: LockOptions) 
         inner.check_open()?;
         let r = tokio::select! {
             _ = shutdown.changed() => return Err(Error::Closed),
-            r = inner.http.kv_get(&full, Some((index, WAIT))) => r,
+            r = inner
+                .http
+                .kv_get(&full, Some((index, WAIT)), Consistency::Linearizable) => r,
         };
         let (cur, got) = match r {
             Ok(v) => {
@@ -304,7 +306,11 @@ impl Holder {
         let mut backoff = Backoff::default();
         loop {
             let m = monitor.get_or_insert_with(|| {
-                Box::pin(self.inner.http.kv_get(&self.full, Some((index, WAIT))))
+                Box::pin(self.inner.http.kv_get(
+                    &self.full,
+                    Some((index, WAIT)),
+                    Consistency::Linearizable,
+                ))
             });
             tokio::select! {
                 r = &mut *release_rx => {

@@ -122,7 +122,16 @@ async fn run_inner(
             return Ok(Vec::new());
         }
 
-        match inner.http.txn("txn", &ops).await? {
+        // Without writes Consul answers from its state store, not through Raft: ask for
+        // the store's read mode, or a consistent read when compares decide.
+        let read_mode = if !txn.ops.iter().all(|o| matches!(o, TxnOp::Get { .. })) {
+            None
+        } else if txn.compares.is_empty() {
+            Some(inner.read)
+        } else {
+            Some(kv_core::Consistency::Linearizable)
+        };
+        match inner.http.txn_with("txn", &ops, read_mode).await? {
             TxnOutcome::Ok(results) => {
                 return collect(inner, txn, &ops[..fixed], &roles, &gets, results).await;
             }

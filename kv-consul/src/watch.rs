@@ -73,7 +73,10 @@ pub(crate) fn watch_key(inner: Arc<Inner>, key: String) -> WatchStream {
     let query = move |inner: Arc<Inner>, index: u64| {
         let (full, key) = (full.clone(), key.clone());
         async move {
-            let (e, i) = inner.http.kv_get(&full, Some((index, WAIT))).await?;
+            let (e, i) = inner
+                .http
+                .kv_get(&full, Some((index, WAIT)), inner.read)
+                .await?;
             let pair = match e {
                 Some(e) => Some(KvPair::new(key, e.value_bytes()?, e.modify_index)),
                 None => None,
@@ -91,7 +94,10 @@ pub(crate) fn watch_tree(inner: Arc<Inner>, prefix: String) -> TreeWatchStream {
     let query = move |inner: Arc<Inner>, index: u64| {
         let (raw, prefix) = (raw.clone(), prefix.clone());
         async move {
-            let (entries, i) = inner.http.kv_list(&raw, Some((index, WAIT))).await?;
+            let (entries, i) = inner
+                .http
+                .kv_list(&raw, Some((index, WAIT)), inner.read)
+                .await?;
             Ok((inner.subtree_pairs(&prefix, &entries)?, i))
         }
     };

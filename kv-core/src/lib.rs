@@ -45,6 +45,18 @@
 //!   a key it writes; its size is limited by [`Capabilities::max_txn_ops`]. A delete of a
 //!   missing key inside a transaction is not an error.
 //!
+//! ## Read consistency
+//! By default every read — `get`, `exists`, `list`, the first item of a `watch`/`watch_tree`,
+//! the gets of a `txn` — is **linearizable** on every backend: it reflects every write that was
+//! acknowledged (to any client, through any member) before the read was called, and a read
+//! never returns an older state than an earlier read. The store-level URL option
+//! `consistency=stale` ([`Consistency::Stale`], parsed the same way by every driver; the
+//! default is `consistency=linearizable`) opts into cheaper reads that the server the client
+//! talks to answers from its own copy: they may miss recent writes of other clients (each
+//! driver's crate docs say exactly what can go stale). Writes, compare-and-swap, transactions
+//! with compares or writes, and locks are never stale: the server checks their conditions.
+//! Any other value of the option is [`Error::Config`] naming the allowed values.
+//!
 //! ## Watches
 //! - `watch(key)` returns a stream whose first item is the key's current state (`Some(pair)`
 //!   or `None` when absent, so a missing key can be watched), then one item per change;
@@ -101,6 +113,7 @@
 #![warn(missing_docs)]
 
 pub mod capabilities;
+pub mod consistency;
 pub mod discovery;
 pub mod election;
 pub mod error;
@@ -115,6 +128,7 @@ pub mod watch;
 
 pub use async_trait::async_trait;
 pub use capabilities::Capabilities;
+pub use consistency::Consistency;
 pub use error::{BoxError, CompareFailure, Error, Result};
 pub use key::{normalize_key, normalize_prefix};
 pub use lock::{Lock, LockRelease, LostSignal};

@@ -177,6 +177,14 @@ impl ConnectUrl {
         }
     }
 
+    /// Takes the store-level `consistency=` option ([`Consistency`](crate::Consistency));
+    /// `None` when absent, [`Error::Config`] naming the allowed values when unknown.
+    pub fn take_consistency(&mut self) -> Result<Option<crate::Consistency>> {
+        self.take(crate::consistency::OPTION)
+            .map(|v| crate::Consistency::parse(&v))
+            .transpose()
+    }
+
     /// Fails if the URL has options nobody took, listing the ones this driver knows.
     pub fn finish(&self) -> Result<()> {
         let unknown: Vec<&str> = self
@@ -263,6 +271,21 @@ mod tests {
         let msg = e.finish().unwrap_err().to_string();
         assert!(msg.contains("bogus"), "{msg}");
         assert!(ConnectUrl::parse("x://me:secret@h").is_ok());
+    }
+
+    #[test]
+    fn consistency_option() {
+        let mut u = ConnectUrl::parse("zk://h/?consistency=stale").unwrap();
+        assert_eq!(
+            u.take_consistency().unwrap(),
+            Some(crate::Consistency::Stale)
+        );
+        u.finish().unwrap();
+        let mut u = ConnectUrl::parse("zk://h/").unwrap();
+        assert_eq!(u.take_consistency().unwrap(), None);
+        let mut u = ConnectUrl::parse("zk://h/?consistency=eventual").unwrap();
+        let msg = u.take_consistency().unwrap_err().to_string();
+        assert!(msg.contains("linearizable, stale"), "{msg}");
     }
 
     #[test]

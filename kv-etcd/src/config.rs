@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use kv_core::retry::DEFAULT_TIMEOUT;
-use kv_core::{ConnectUrl, Error, Result};
+use kv_core::{ConnectUrl, Consistency, Error, Result};
 
 use crate::URL_SCHEME;
 
@@ -36,6 +36,9 @@ pub struct EtcdConfig {
     pub key: Option<PathBuf>,
     /// Server name to verify instead of the endpoint host (TLS only).
     pub domain: Option<String>,
+    /// Read consistency (default [`Consistency::Linearizable`], etcd's own default;
+    /// [`Consistency::Stale`]: serializable reads). See the [crate docs](crate).
+    pub consistency: Consistency,
 }
 
 impl EtcdConfig {
@@ -53,7 +56,14 @@ impl EtcdConfig {
             cert: None,
             key: None,
             domain: None,
+            consistency: Consistency::Linearizable,
         }
+    }
+
+    /// Sets the read consistency (URL option `consistency=`).
+    pub fn with_consistency(mut self, consistency: Consistency) -> Self {
+        self.consistency = consistency;
+        self
     }
 
     /// Sets the namespace (a key prefix such as `app/config`).
@@ -116,6 +126,9 @@ impl EtcdConfig {
         c.cert = u.take("cert").map(PathBuf::from);
         c.key = u.take("key").map(PathBuf::from);
         c.domain = u.take("domain");
+        if let Some(m) = u.take_consistency()? {
+            c.consistency = m;
+        }
         u.finish()?;
         Ok(c)
     }
@@ -227,6 +240,21 @@ mod tests {
         let (ns, urls) = c.validate().unwrap();
         assert_eq!(ns, "app/x");
         assert_eq!(urls, vec!["http://h1:2379", "http://h2:2379"]);
+    }
+
+    #[test]
+    fn consistency_option() {
+        let c = EtcdConfig::from_url("etcd://h:1/app").unwrap();
+        assert_eq!(c.consistency, Consistency::Linearizable);
+        let c = EtcdConfig::from_url("etcd://h:1/app?consistency=stale").unwrap();
+        assert_eq!(c.consistency, Consistency::Stale);
+        let c = EtcdConfig::from_url("etcd://h:1/app?consistency=linearizable").unwrap();
+        assert_eq!(c.consistency, Consistency::Linearizable);
+        let c = EtcdConfig::new(["h:1"]).with_consistency(Consistency::Stale);
+        assert_eq!(c.consistency, Consistency::Stale);
+        let e = EtcdConfig::from_url("etcd://h:1/?consistency=serializable").unwrap_err();
+        assert!(matches!(e, Error::Config { .. }), "{e}");
+        assert!(e.to_string().contains("linearizable, stale"), "{e}");
     }
 
     #[test]

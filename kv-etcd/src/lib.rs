@@ -23,6 +23,8 @@
 //!   authentication. The token is refreshed automatically when it expires.
 //! - `timeout=` (e.g. `500ms`, `10s`; default 10 s): bound on every call.
 //! - `connect_timeout=`: bound on one TCP/TLS connection attempt (default: `timeout`, at most 5 s).
+//! - `consistency=linearizable` (default) or `consistency=stale`: read consistency, see
+//!   [below](#read-consistency) ([`EtcdConfig::with_consistency`]).
 //! - `ca=FILE` (PEM): use TLS and trust this CA; `cert=FILE` and `key=FILE` (PEM): client
 //!   certificate for mutual TLS; `domain=NAME`: server name to verify instead of the host.
 //!   TLS uses rustls and needs this crate's `tls` feature; without it a TLS option is an
@@ -68,6 +70,19 @@
 //!   acquisition and then left to expire `ttl` later. Unlock revokes the lease, removing the
 //!   value key and the owner key. Dropping an unfinished `new_lock` future revokes its lease.
 //!   Lock TTLs are rounded up to whole seconds like key TTLs.
+//!
+//! ## Read consistency
+//! kv's rule ([`kv_core::Consistency`]): reads are linearizable unless `consistency=stale`.
+//! - **Default (`linearizable`)**: etcd's own default. Every range request (`get`, `exists`,
+//!   `list`, the first read of a watch) and every `txn` goes through etcd's ReadIndex: the member
+//!   asked confirms the leader's commit index with a quorum and waits until it has applied it.
+//! - **`consistency=stale`**: `get`, `exists`, `list`, the initial read of a watch and a `txn`
+//!   of gets only (no compares) are *serializable* range requests: the member the client talks
+//!   to answers from its local state without asking the leader. A member that lags (slow,
+//!   partitioned, restarting) can return values older than writes already acknowledged to
+//!   other clients, and reads balanced over several members can go back in time. A watch
+//!   started from a stale read replays the events after its revision, so it catches up. Writes,
+//!   compare-and-swap, transactions with compares and lock bookkeeping reads stay linearizable.
 //!
 //! ## Limits
 //! - [`MAX_VALUE_SIZE`] = 1 500 000 bytes: etcd rejects requests over `--max-request-bytes`
@@ -205,6 +220,8 @@ pub(crate) struct Inner {
     closed: tokio::sync::watch::Sender<bool>,
     locks: Mutex<HashMap<u64, lock::Held>>,
     next_lock: AtomicU64,
+    /// `consistency=stale`: user reads are serializable (served by the member asked).
+    stale: bool,
 }
 
 fn capabilities() -> Capabilities {
@@ -399,10 +416,25 @@ impl Inner {
         .await
     }
 
-    /// Reads one key (stored form) and the revision of the read.
-    pub(crate) async fn read_key(&self, key: &str) -> Result<(Option<KvPair>, i64)> {
+    /// Get options of a user read: serializable with `consistency=stale`.
+    fn read_opts(&self, opts: GetOptions) -> GetOptions {
+        if self.stale {
+            opts.with_serializable()
+        } else {
+            opts
+        }
+    }
+
+    /// Reads one key (stored form) and the revision of the read, as the store's read
+    /// consistency says (`user_read`) or linearizably (bookkeeping reads).
+    pub(crate) async fn read_key(
+        &self,
+        key: &str,
+        user_read: bool,
+    ) -> Result<(Option<KvPair>, i64)> {
+        let opts = (user_read && self.stale).then(|| GetOptions::new().with_serializable());
         let mut resp = self
-            .kv_get("get", key, self.full(key).into_bytes(), None)
+            .kv_get("get", key, self.full(key).into_bytes(), opts)
             .await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
         let pair = resp.take_kvs().into_iter().next().map(|kv| KvPair {
@@ -421,7 +453,7 @@ impl Inner {
                 "list",
                 prefix,
                 start,
-                Some(GetOptions::new().with_range(end)),
+                Some(self.read_opts(GetOptions::new().with_range(end))),
             )
             .await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
@@ -486,6 +518,7 @@ impl EtcdStore {
             closed,
             locks: Mutex::new(HashMap::new()),
             next_lock: AtomicU64::new(1),
+            stale: config.consistency.is_stale(),
         });
         // Probe: a count-only read proves the cluster answers, has a leader and accepts us.
         let probe_key = if inner.ns.is_empty() {
@@ -638,7 +671,7 @@ impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<KvPair> {
         self.inner.check_open()?;
         let key = normalize_key(key)?;
-        match self.inner.read_key(&key).await?.0 {
+        match self.inner.read_key(&key, true).await?.0 {
             Some(p) => Ok(p),
             None => Err(Error::not_found(key)),
         }
@@ -670,7 +703,7 @@ impl Store for EtcdStore {
                 "exists",
                 &key,
                 inner.full(&key).into_bytes(),
-                Some(GetOptions::new().with_count_only()),
+                Some(inner.read_opts(GetOptions::new().with_count_only())),
             )
             .await?;
         Ok(resp.count() > 0)
@@ -819,6 +852,9 @@ impl Store for EtcdStore {
         if txn.ops.is_empty() && txn.compares.is_empty() {
             return Ok(Vec::new());
         }
+        // Only gets and no compares: with `consistency=stale` they may be served locally.
+        let read_only =
+            txn.compares.is_empty() && txn.ops.iter().all(|o| matches!(o, TxnOp::Get { .. }));
         // One lease per distinct TTL.
         let mut leases: HashMap<i64, i64> = HashMap::new();
         let mut size = 0usize;
@@ -879,7 +915,11 @@ impl Store for EtcdStore {
                     EtcdTxnOp::put(inner.full(key), value.clone(), opts)
                 }
                 TxnOp::Delete { key } => EtcdTxnOp::delete(inner.full(key), None),
-                TxnOp::Get { key } => EtcdTxnOp::get(inner.full(key), None),
+                // etcd serves a read-only txn whose ranges are all serializable locally.
+                TxnOp::Get { key } => EtcdTxnOp::get(
+                    inner.full(key),
+                    (inner.stale && read_only).then(|| GetOptions::new().with_serializable()),
+                ),
             })
             .collect();
         let failure: Vec<EtcdTxnOp> = txn

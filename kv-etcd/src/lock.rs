@@ -410,7 +410,7 @@ async fn watch_value(inner: &Inner, key: &str, value_rev: i64) -> String {
                 Ok(Some(resp)) => {
                     if resp.compact_revision() > 0 {
                         // Re-read: is the key still ours?
-                        match inner.read_key(key).await {
+                        match inner.read_key(key, false).await {
                             Ok((Some(p), r)) if p.version == value_rev as u64 => {
                                 rev = r;
                                 break;

@@ -63,7 +63,7 @@ impl Target {
     async fn reload(&mut self, inner: &Inner) -> Result<i64> {
         match self {
             Target::Key { key, out } => {
-                let (pair, rev) = inner.read_key(key).await?;
+                let (pair, rev) = inner.read_key(key, true).await?;
                 out.emit(pair);
                 Ok(rev)
             }

@@ -17,7 +17,12 @@
 //!
 //! ## URLs
 //! `sled:///absolute/path` or `sled://./relative/path`, with options `timeout=10s`,
-//! `flush=true|false` and `namespace=app/x` (every key lives under the namespace).
+//! `flush=true|false`, `namespace=app/x` (every key lives under the namespace) and
+//! `consistency=linearizable|stale` (kv's shared read-consistency option, see
+//! [`kv_core::Consistency`]). One process owns the database and every read sees every write
+//! acknowledged before it, so both values give the same, linearizable reads: `stale` is
+//! accepted (a URL written for a network backend works unchanged) and changes nothing. Any
+//! other value is an [`Error::Config`] naming the allowed ones.
 //!
 //! ## How it works
 //! - Every key is one record `[version][expires_at][flags][value]` (see the `record` module).
@@ -325,6 +330,8 @@ fn parse_url(url: &str) -> Result<SledConfig> {
     if let Some(ns) = u.take("namespace") {
         config.namespace = ns;
     }
+    // Validated, then ignored: every read of a single-process store is linearizable.
+    u.take_consistency()?;
     u.finish()?;
     Ok(config)
 }
@@ -902,6 +909,12 @@ mod tests {
         assert_eq!(c.path, PathBuf::from("data/db"));
         assert!(c.flush);
         assert_eq!(c.timeout, DEFAULT_TIMEOUT);
+        for ok in ["stale", "linearizable"] {
+            let c = parse_url(&format!("sled:///x?consistency={ok}")).unwrap();
+            assert_eq!(c, SledConfig::new("/x"), "{ok}");
+        }
+        let e = parse_url("sled:///x?consistency=eventual").unwrap_err();
+        assert!(e.to_string().contains("linearizable, stale"), "{e}");
         for bad in [
             "sled://",
             "sled:///",
@@ -909,6 +922,7 @@ mod tests {
             "sled://host/x",
             "sled:///x?bogus=1",
             "sled:///x?flush=maybe",
+            "sled:///x?consistency=eventual",
             "etcd:///x",
         ] {
             assert!(

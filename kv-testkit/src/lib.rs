@@ -274,6 +274,8 @@ macro_rules! process_controls {
 pub mod bench;
 pub mod consul;
 pub mod etcd;
+pub mod faults;
+pub mod linearizability;
 pub mod zookeeper;
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use kv_core::{retry, ConnectUrl, Error, Result};
+use kv_core::{retry, ConnectUrl, Consistency, Error, Result};
 
 /// Default ZooKeeper session timeout asked for (the server clamps it to 2..20 ticks).
 pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,6 +37,9 @@ pub struct ZkConfig {
     pub digest: Option<(String, String)>,
     /// TLS (rustls); requires the `tls` feature.
     pub tls: Option<ZkTls>,
+    /// Read consistency (default [`Consistency::Linearizable`]: a `sync` before every read;
+    /// [`Consistency::Stale`]: the connected server's view). See the [crate docs](crate).
+    pub consistency: Consistency,
 }
 
 impl std::fmt::Debug for ZkConfig {
@@ -48,6 +51,7 @@ impl std::fmt::Debug for ZkConfig {
             .field("session_timeout", &self.session_timeout)
             .field("digest_user", &self.digest.as_ref().map(|d| &d.0))
             .field("tls", &self.tls)
+            .field("consistency", &self.consistency)
             .finish()
     }
 }
@@ -67,7 +71,14 @@ impl ZkConfig {
             session_timeout: DEFAULT_SESSION_TIMEOUT,
             digest: None,
             tls: None,
+            consistency: Consistency::Linearizable,
         }
+    }
+
+    /// Sets the read consistency (URL option `consistency=`).
+    pub fn consistency(mut self, consistency: Consistency) -> Self {
+        self.consistency = consistency;
+        self
     }
 
     /// Sets the namespace (chroot path such as `/app`).
@@ -133,6 +144,9 @@ impl ZkConfig {
         }
         if let Some(t) = u.take_duration("session_timeout")? {
             cfg.session_timeout = t;
+        }
+        if let Some(c) = u.take_consistency()? {
+            cfg.consistency = c;
         }
         let digest_opt = u.take("digest");
         match (u.user.clone(), u.password.clone(), digest_opt) {
@@ -228,6 +242,25 @@ mod tests {
         let c = ZkConfig::from_url("zk://h1:2181/?digest=u:p").unwrap();
         assert_eq!(c.digest, Some(("u".into(), "p".into())));
         assert!(format!("{c:?}").find("\"p\"").is_none());
+    }
+
+    #[test]
+    fn consistency_option() {
+        let c = ZkConfig::from_url("zk://h:1/app").unwrap();
+        assert_eq!(c.consistency, Consistency::Linearizable);
+        let c = ZkConfig::from_url("zk://h:1/app?consistency=stale").unwrap();
+        assert_eq!(c.consistency, Consistency::Stale);
+        let c = ZkConfig::from_url("zk://h:1/app?consistency=linearizable").unwrap();
+        assert_eq!(c.consistency, Consistency::Linearizable);
+        assert_eq!(
+            ZkConfig::new("h:1")
+                .consistency(Consistency::Stale)
+                .consistency,
+            Consistency::Stale
+        );
+        let e = ZkConfig::from_url("zk://h:1/app?consistency=sequential").unwrap_err();
+        assert!(matches!(e, Error::Config { .. }), "{e}");
+        assert!(e.to_string().contains("linearizable, stale"), "{e}");
     }
 
     #[test]

@@ -19,6 +19,8 @@
 //! - `timeout=10s`: bound on every call (default 10 s);
 //! - `session_timeout=10s`: ZooKeeper session timeout asked for (default 10 s; the server
 //!   clamps it to 2..20 × its `tickTime`);
+//! - `consistency=linearizable` (default) or `consistency=stale`: read consistency, see
+//!   [below](#read-consistency) ([`ZkConfig::consistency`]);
 //! - `ca=/path/ca.pem`, `cert=/path/client.pem`, `key=/path/client.key` (PEM files), `tls=true`:
 //!   connect with TLS (rustls, TLS 1.2/1.3) to the servers' `secureClientPort`; the server
 //!   certificate must match the host name or IP address of the URL. Needs the `tls` cargo
@@ -73,6 +75,27 @@
 //! is due. [`MIN_TTL`] is 1 s. A write changes the znode type when needed (TTL to permanent
 //! or another TTL) by deleting and re-creating it in one `multi`, except when the znode has
 //! children: then the header alone decides (reads stay exact, the server sweep may not apply).
+//!
+//! ## Read consistency
+//! kv's rule ([`kv_core::Consistency`]): reads are linearizable unless `consistency=stale`.
+//! ZooKeeper itself promises only sequential consistency: each server answers reads from its
+//! own copy, and a follower can be behind writes the leader has already acknowledged.
+//! - **Default (`linearizable`)**: `get`, `exists`, `list`, the first read of a watch (and
+//!   the first read after it re-arms on a reconnect) and the read of a `txn` are preceded by a
+//!   `sync` of the path, pipelined with the read in the same round trip: the server holds the
+//!   session's read until the leader has answered the `sync`, so the read reflects every write
+//!   committed before it. A get is then two requests (`sync` + `getData`) in one client round
+//!   trip, and the connected server waits for a round trip to the leader. The
+//!   reads of compare-and-swap (`atomic_put`, `atomic_delete`) and of transactions with
+//!   compares or writes are synced in both modes. Caveat (zookeeper-client's docs,
+//!   ZOOKEEPER-1675/2136): a `sync` is not quorum-acknowledged, so a server still following a
+//!   leader that was just deposed by a partition can answer a synced read from the old
+//!   leader's state for up to its sync timeout (`syncLimit × tickTime`).
+//! - **`consistency=stale`**: no `sync`: the connected server's view, sequentially consistent
+//!   (one session never sees the state go back, also across reconnects, but it may miss
+//!   writes other clients had acknowledged, by the follower's replication lag — unbounded
+//!   while the follower is cut off from the leader but still serving). Watch events after
+//!   the first item are re-reads on the server that sent the event, in both modes.
 //!
 //! ## Watches
 //! `watch` and `watch_tree` use one persistent recursive watch each (ZooKeeper 3.6+) on the
@@ -437,6 +460,43 @@ impl Inner {
         }
     }
 
+    /// True when reads `sync` first ([`Consistency::Linearizable`](kv_core::Consistency)).
+    pub fn sync_reads(&self) -> bool {
+        !self.cfg.consistency.is_stale()
+    }
+
+    /// Runs `read` after a `sync` of `path` when `sync` is true. The two requests are
+    /// pipelined (one round trip): ZooKeeper answers a session's requests in order, and a
+    /// server holds a session's reads until its pending `sync` has come back from the leader,
+    /// so the read reflects every write committed before the `sync`.
+    pub async fn after_sync<T, Fut>(
+        client: &Client,
+        path: &str,
+        sync: bool,
+        read: Fut,
+    ) -> std::result::Result<T, zk::Error>
+    where
+        Fut: std::future::Future<Output = std::result::Result<T, zk::Error>>,
+    {
+        if !sync {
+            return read.await;
+        }
+        // `sync` sends its request when called; `read` (an unpolled future) sends after it.
+        let synced = client.sync(path);
+        let (s, r) = futures::join!(synced, read);
+        s?;
+        r
+    }
+
+    /// Reads one znode, after a `sync` when `sync` is true (see [`Inner::after_sync`]).
+    pub async fn read_node_synced(
+        client: &Client,
+        path: &str,
+        sync: bool,
+    ) -> std::result::Result<Node, zk::Error> {
+        Self::after_sync(client, path, sync, Self::read_node(client, path)).await
+    }
+
     /// Reads one znode.
     pub async fn read_node(client: &Client, path: &str) -> std::result::Result<Node, zk::Error> {
         match client.get_data(path).await {
@@ -477,7 +537,7 @@ impl Inner {
             .read_retry(key, |c| {
                 let path = path.clone();
                 async move {
-                    let n = Self::read_node(&c, &path).await?;
+                    let n = Self::read_node_synced(&c, &path, self.sync_reads()).await?;
                     match &n {
                         Node::Expired(stat) => Self::reap(&c, &path, stat),
                         Node::Value(_, stat, ttl) => self.remember_read(&path, stat, *ttl),
@@ -784,7 +844,13 @@ impl Store for ZkStore {
         i.timed("list", async {
             i.read_retry(&prefix, |c| {
                 let prefix = prefix.clone();
-                async move { tree::list(i, &c, &prefix).await.map(|(pairs, _)| pairs) }
+                async move {
+                    let root = i.prefix_path(&prefix);
+                    let read = tree::list(i, &c, &prefix);
+                    Inner::after_sync(&c, &root, i.sync_reads(), read)
+                        .await
+                        .map(|(pairs, _)| pairs)
+                }
             })
             .await
         })

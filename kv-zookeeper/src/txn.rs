@@ -75,7 +75,11 @@ pub async fn run(inner: &Inner, txn: &Txn) -> Result<Vec<TxnResult>> {
                 .add_get_data(&inner.path(k))
                 .map_err(|e| inner.err(e, k))?;
         }
-        let reads = match reader.commit().await {
+        // Synced unless reads may be stale and the transaction only reads: a stale read
+        // would make a compare fail that holds.
+        let sync = inner.sync_reads() || !txn.compares.is_empty() || !written.is_empty();
+        let root = inner.prefix_path("");
+        let reads = match Inner::after_sync(&client, &root, sync, reader.commit()).await {
             Ok(r) => r,
             Err(e @ zk::Error::ConnectionLoss) => {
                 return Err(inner.err(e, ""));

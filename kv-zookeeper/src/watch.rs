@@ -134,6 +134,10 @@ async fn arm<T: Target>(
         .client
         .watch(path, AddWatchMode::PersistentRecursive)
         .await?;
+    // The first state read after (re-)arming is linearizable unless reads may be stale.
+    if inner.sync_reads() {
+        conn.client.sync(path).await?;
+    }
     let exp = target.read(inner, &conn.client).await?;
     Ok((pw, exp))
 }

@@ -247,6 +247,10 @@ impl Inner {
             }
             None => Next::Create,
         };
+        // Set once an unconditional `setData` of this put succeeded: the put has then taken
+        // effect, and a later step (fixing the znode's type) may not write the value again
+        // (a second effect after someone else's write would not be linearizable).
+        let mut written: Option<Stat> = None;
         for _ in 0..20 {
             let mut found = |existed: bool| {
                 if std::mem::take(&mut learn) {
@@ -262,7 +266,10 @@ impl Inner {
                     // Keys below: the znode stays, the header decides.
                     Ok(stat) if stat.num_children > 0 => return done(stat),
                     // Re-created by someone else (type unknown) or a lock's ephemeral value.
-                    Ok(stat) => Next::Replace(Some(stat.version)),
+                    Ok(stat) => {
+                        written = Some(stat);
+                        Next::Replace(Some(stat.version))
+                    }
                     Err(zk::Error::NoNode) => {
                         self.forget(&path);
                         Next::Create
@@ -302,7 +309,10 @@ impl Inner {
                                 }
                                 _ if stat.num_children > 0 => return done(stat),
                                 // A TTL or ephemeral znode (or changed between the requests).
-                                _ => Next::Replace(Some(stat.version)),
+                                _ => {
+                                    written = Some(stat);
+                                    Next::Replace(Some(stat.version))
+                                }
                             }
                         }
                         Err(zk::Error::NoNode) => Next::Create,
@@ -311,10 +321,18 @@ impl Inner {
                 }
                 Next::Replace(version) => {
                     let opts = self.create_opts(ttl);
-                    match self
+                    let replaced = self
                         .replace_node(&client, &path, version, &data, &opts)
-                        .await
+                        .await;
+                    // The value was written already and someone changed the znode since: that
+                    // later write supersedes this put, which is done.
+                    if let (Some(st), Err(zk::MultiWriteError::OperationFailed { .. })) =
+                        (written, &replaced)
                     {
+                        self.forget(&path);
+                        return done(st);
+                    }
+                    match replaced {
                         Ok(stat) => {
                             found(true);
                             self.remember(&path, &stat, want);
@@ -367,7 +385,8 @@ impl Inner {
         let data = codec::encode(value, ttl);
         let client = self.conn()?.client;
         for _ in 0..20 {
-            let node = Self::read_node(&client, &path)
+            // Always synced: a stale stat would report a false `KeyModified`.
+            let node = Self::read_node_synced(&client, &path, true)
                 .await
                 .map_err(|e| self.err(e, key))?;
             let (stat, old_ttl) = match (previous, node) {
@@ -461,7 +480,8 @@ impl Inner {
             }
         }
         for _ in 0..20 {
-            let node = Self::read_node(&client, &path)
+            // Always synced: a stale stat would report a false `KeyModified`.
+            let node = Self::read_node_synced(&client, &path, true)
                 .await
                 .map_err(|e| self.err(e, key))?;
             let stat = match node {
