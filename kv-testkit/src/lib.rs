@@ -274,6 +274,7 @@ macro_rules! process_controls {
 pub mod bench;
 pub mod consul;
 pub mod etcd;
+pub mod fuzz;
 pub mod zookeeper;
 
 #[cfg(test)]
