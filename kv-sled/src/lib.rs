@@ -294,6 +294,14 @@ impl SledStore {
     }
 }
 
+/// True when `path`'s last component is a name (not `/`, `.` or `..`).
+fn ends_in_a_name(path: &str) -> bool {
+    matches!(
+        std::path::Path::new(path).components().next_back(),
+        Some(std::path::Component::Normal(_))
+    )
+}
+
 fn parse_url(url: &str) -> Result<SledConfig> {
     let mut u = ConnectUrl::parse(url)?;
     if u.scheme != URL_SCHEME {
@@ -310,9 +318,10 @@ fn parse_url(url: &str) -> Result<SledConfig> {
         )))
         }
     };
-    if path.is_empty() || path == "/" {
+    // The path must name the database directory: "/", "//", "." or "a/.." do not.
+    if !ends_in_a_name(&path) {
         return Err(Error::config(format!(
-            "{url:?} has no database path; use sled:///absolute/path or sled://./relative/path"
+            "{url:?} has no database path (it must end in a directory name); use sled:///absolute/path or sled://./relative/path"
         )));
     }
     let mut config = SledConfig::new(path);
@@ -941,7 +950,10 @@ mod tests {
             fn garbage_is_a_config_error(url in prop_oneof![fuzz::url_garbage("sled://"), fuzz::url_garbage("")]) {
                 let parsed = parse_url(&url);
                 match &parsed {
-                    Ok(c) => prop_assert!(!c.path.as_os_str().is_empty() && c.path != std::path::Path::new("/")),
+                    Ok(c) => prop_assert!(
+                        matches!(c.path.components().next_back(), Some(std::path::Component::Normal(_))),
+                        "{:?} accepted with database path {:?}", url, c.path
+                    ),
                     Err(_) => prop_assert!(config_error(&parsed), "{:?}: {:?}", url, parsed),
                 }
             }
@@ -962,7 +974,7 @@ mod tests {
                     "." => Some(path.trim_start_matches('/').to_string()),
                     _ => None,
                 }
-                .filter(|p| !p.is_empty() && p != "/");
+                .filter(|p| ends_in_a_name(p));
                 let timeout = r.take_duration("timeout");
                 let flush = r.take_bool("flush");
                 let bogus = opts.iter().any(|(k, _)| k == "bogus");
@@ -980,6 +992,27 @@ mod tests {
                     (Ok(c), _) => prop_assert!(false, "{:?} accepted as {:?}", url, c),
                 }
             }
+        }
+
+        /// Regression found by the properties: `sled:////` was accepted with the database
+        /// path `//` (the root directory); so were `.` and `..`.
+        #[test]
+        fn database_path_must_end_in_a_name() {
+            for bad in [
+                "sled:////",
+                "sled:///.",
+                "sled://./.",
+                "sled://./..",
+                "sled:///a/..",
+            ] {
+                let r = parse_url(bad);
+                assert!(config_error(&r), "{bad}: {r:?}");
+            }
+            assert_eq!(
+                parse_url("sled:///a/b/.").unwrap().path,
+                PathBuf::from("/a/b/.")
+            );
+            assert_eq!(parse_url("sled://./a").unwrap().path, PathBuf::from("a"));
         }
     }
 }
