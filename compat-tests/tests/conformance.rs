@@ -1,5 +1,6 @@
 //! The conformance runner: every scenario of `compat_tests::scenarios()` as a libtest-mimic
 //! trial against the backend named by `KV_TEST` (sled, etcd, zookeeper, consul; default sled).
+//! `KV_SERVER_VERSION`, when set, is the server's version and is appended to the summary line.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -168,8 +169,14 @@ fn main() {
 
     let unsupported = unsupported_passed.load(Ordering::SeqCst);
     let passed = conclusion.num_passed.saturating_sub(unsupported);
+    // The server's version, when the caller says which it is (scripts/test takes it from the
+    // running server): `conformance etcd@3.5.16: ...`.
+    let label = match std::env::var("KV_SERVER_VERSION") {
+        Ok(v) if !v.trim().is_empty() && network => format!("{backend}@{}", v.trim()),
+        _ => backend.clone(),
+    };
     println!(
-        "conformance {backend}: {passed} passed, {} failed, {unsupported} unsupported",
+        "conformance {label}: {passed} passed, {} failed, {unsupported} unsupported",
         conclusion.num_failed
     );
     conclusion.exit();

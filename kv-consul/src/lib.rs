@@ -388,22 +388,8 @@ fn normalize_endpoint(host: &str, https: bool) -> Result<String> {
             "agent address {h:?} must be host:port, without a scheme (use ?tls=true for https)"
         )));
     }
-    if h.is_empty() || h.contains('/') {
-        return Err(Error::config(format!("bad agent address {h:?}")));
-    }
-    let has_port = match h.rsplit_once(':') {
-        Some((_, p)) if !h.ends_with(']') => {
-            p.parse::<u16>()
-                .map_err(|_| Error::config(format!("bad port in agent address {h:?}")))?;
-            true
-        }
-        _ => false,
-    };
-    let hp = if has_port {
-        h.to_string()
-    } else {
-        format!("{h}:{DEFAULT_PORT}")
-    };
+    let hp = kv_core::url::host_port(h, DEFAULT_PORT)
+        .map_err(|e| Error::config(format!("agent address: {e}")))?;
     Ok(format!("{}://{hp}", if https { "https" } else { "http" }))
 }
 
@@ -1093,5 +1079,87 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.to_string().contains("`tls` feature"), "{e}");
+    }
+
+    mod fuzz {
+        //! Property tests: `ConsulConfig::from_url` and the address rule `connect` applies
+        //! before it dials, on garbage and on structured URLs with random options.
+
+        use super::*;
+        use kv_testkit::fuzz;
+        use proptest::prelude::*;
+
+        const OPTIONS: &[&str] = &["token", "timeout", "tls", "ca", "cert", "key"];
+
+        fn config_error<T: std::fmt::Debug>(r: &Result<T>) -> bool {
+            matches!(r, Err(Error::Config { message }) if !message.is_empty())
+        }
+
+        proptest! {
+            #![proptest_config(fuzz::config())]
+
+            /// Garbage never panics; every rejection is `Config`.
+            #[test]
+            fn garbage_is_a_config_error(url in prop_oneof![fuzz::url_garbage("consul://"), fuzz::url_garbage("")]) {
+                let parsed = ConsulConfig::from_url(&url);
+                match &parsed {
+                    Ok(c) => {
+                        for h in &c.endpoints {
+                            let e = normalize_endpoint(h, c.tls);
+                            prop_assert!(e.is_ok() || config_error(&e), "{:?}", e);
+                        }
+                    }
+                    Err(_) => prop_assert!(config_error(&parsed), "{:?}: {:?}", url, parsed),
+                }
+            }
+
+            /// Structured URLs: the config holds what the URL says; agent addresses pass
+            /// exactly when they are host[:port] with a port of 1-65535.
+            #[test]
+            fn structured_urls(hosts in fuzz::hosts(), ns in fuzz::namespace(), opts in fuzz::options(OPTIONS)) {
+                let url = format!("consul://{}{ns}{}", hosts.join(","), fuzz::query(&opts));
+                let mut r = ConnectUrl::parse(&url).unwrap();
+                let parsed = ConsulConfig::from_url(&url);
+                let token = r.take("token");
+                let timeout = r.take_duration("timeout");
+                let tls = r.take_bool("tls");
+                let bogus = opts.iter().any(|(k, _)| k == "bogus");
+                if bogus || r.hosts.is_empty() || timeout.is_err() || tls.is_err() {
+                    prop_assert!(config_error(&parsed), "{:?}: {:?}", url, parsed);
+                    return Ok(());
+                }
+                let c = parsed.map_err(|e| TestCaseError::fail(format!("{url:?}: {e}")))?;
+                prop_assert_eq!(&c.endpoints, &r.hosts);
+                prop_assert_eq!(&c.namespace, &r.path);
+                prop_assert_eq!(&c.token, &token.filter(|t| !t.is_empty()));
+                prop_assert_eq!(c.timeout, timeout.unwrap().unwrap_or(DEFAULT_TIMEOUT));
+                prop_assert_eq!(c.tls, tls.unwrap().unwrap_or(false));
+                prop_assert_eq!(c.ca_file.clone(), r.take("ca").map(PathBuf::from));
+                for h in &c.endpoints {
+                    let got = normalize_endpoint(h, c.tls);
+                    match kv_core::url::host_port(h, DEFAULT_PORT) {
+                        Ok(hp) => {
+                            let scheme = if c.tls { "https" } else { "http" };
+                            prop_assert_eq!(got.ok(), Some(format!("{scheme}://{hp}")));
+                        }
+                        Err(_) => prop_assert!(config_error(&got), "{:?}: {:?}", h, got),
+                    }
+                }
+            }
+        }
+
+        /// Regressions found by the properties: an address without a host, with port 0 or
+        /// with two ports passed and failed only when dialled.
+        #[test]
+        fn agent_addresses_need_a_host_and_one_real_port() {
+            for bad in [":8500", "h:0", "h:1:2", "::1"] {
+                let r = normalize_endpoint(bad, false);
+                assert!(config_error(&r), "{bad}: {r:?}");
+            }
+            assert_eq!(
+                normalize_endpoint("[::1]", false).unwrap(),
+                "http://[::1]:8500"
+            );
+        }
     }
 }

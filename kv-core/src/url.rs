@@ -85,7 +85,78 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
     if !secs.is_finite() || secs < 0.0 {
         return Err(Error::config(format!("{s:?} is not a valid duration")));
     }
-    Ok(Duration::from_secs_f64(secs))
+    // `from_secs_f64` panics on values beyond `Duration::MAX`.
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| Error::config(format!("{s:?} is too long a duration")))
+}
+
+/// Checks one entry of a URL's host list, `host[:port]`, and returns it as `host:port`
+/// (with `default_port` when it has none): the one rule every network driver applies.
+///
+/// A host is a name or IPv4 address (letters, digits, `-`, `.`, `_`) or an IPv6 address in
+/// brackets (`[::1]:2379`); a port is 1–65535. Anything else is [`Error::Config`] naming the
+/// entry and what is wrong with it.
+///
+/// ```
+/// use kv_core::url::host_port;
+/// assert_eq!(host_port("h1", 2379).unwrap(), "h1:2379");
+/// assert_eq!(host_port("[::1]:2181", 2181).unwrap(), "[::1]:2181");
+/// assert!(host_port(":2379", 2379).is_err());
+/// assert!(host_port("h:0", 2379).is_err());
+/// ```
+pub fn host_port(entry: &str, default_port: u16) -> Result<String> {
+    let e = entry.trim();
+    let bad = |why: &str| {
+        Error::config(format!(
+            "bad host {e:?}: {why} (expected host, host:port or [ipv6]:port)"
+        ))
+    };
+    let (host, port) = match e.strip_prefix('[') {
+        Some(rest) => {
+            let (addr, after) = rest
+                .split_once(']')
+                .ok_or_else(|| bad("an IPv6 address needs its closing ']'"))?;
+            let ipv6 = addr.contains(':')
+                && addr
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '.' | '%'));
+            if !ipv6 {
+                return Err(bad("the brackets hold no IPv6 address"));
+            }
+            let port = match after {
+                "" => None,
+                p => Some(
+                    p.strip_prefix(':')
+                        .ok_or_else(|| bad("only :port may follow ']'"))?,
+                ),
+            };
+            (&e[..addr.len() + 2], port)
+        }
+        None => match e.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (e, None),
+        },
+    };
+    if host.is_empty() {
+        return Err(bad("the host name is empty"));
+    }
+    if !host.starts_with('[')
+        && !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+    {
+        return Err(bad(
+            "a host name has only letters, digits, '-', '.' and '_' (IPv6 addresses go in brackets)",
+        ));
+    }
+    let port = match port {
+        None => default_port,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => n,
+            _ => return Err(bad("the port is not a number from 1 to 65535")),
+        },
+    };
+    Ok(format!("{host}:{port}"))
 }
 
 impl ConnectUrl {
@@ -111,11 +182,24 @@ impl ConnectUrl {
             Some((u, h)) => (Some(u), h),
             None => (None, authority),
         };
+        // Decoding errors of the user info must not quote it: it holds the password.
+        let userinfo_error = |what: &str| {
+            Error::config(format!(
+                "the {what} in {:?} is not validly percent-encoded UTF-8",
+                redact(url)
+            ))
+        };
         let (user, password) = match userinfo {
             None => (None, None),
             Some(u) => match u.split_once(':') {
-                Some((a, b)) => (Some(percent_decode(a)?), Some(percent_decode(b)?)),
-                None => (Some(percent_decode(u)?), None),
+                Some((a, b)) => (
+                    Some(percent_decode(a).map_err(|_| userinfo_error("user name"))?),
+                    Some(percent_decode(b).map_err(|_| userinfo_error("password"))?),
+                ),
+                None => (
+                    Some(percent_decode(u).map_err(|_| userinfo_error("user name"))?),
+                    None,
+                ),
             },
         };
         let hosts: Vec<String> = if hostlist.is_empty() {
@@ -295,6 +379,28 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn host_ports() {
+        assert_eq!(host_port(" h.example-1_x ", 1).unwrap(), "h.example-1_x:1");
+        assert_eq!(host_port("127.0.0.1:65535", 1).unwrap(), "127.0.0.1:65535");
+        assert_eq!(host_port("[::1]", 2181).unwrap(), "[::1]:2181");
+        assert_eq!(
+            host_port("[fe80::1%eth0]:9", 1).unwrap(),
+            "[fe80::1%eth0]:9"
+        );
+        for bad in [
+            "", ":1", "h:", "h:0", "h:65536", "h:+1", "h:x", "h:1:2", "::1", "[::1", "[]:1",
+            "[h]:1", "[::1]x", "h/x", "h@x", "h x", "hé",
+        ] {
+            match host_port(bad, 1) {
+                Err(Error::Config { message }) => {
+                    assert!(message.contains(&format!("{:?}", bad.trim())), "{message}")
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -198,25 +198,12 @@ impl EtcdConfig {
                 e
             };
             let hostport = hostport.trim_end_matches('/');
-            if hostport.is_empty() || hostport.contains('/') || hostport.contains('@') {
+            if hostport.contains('/') || hostport.contains('@') {
                 return Err(Error::config(format!("bad etcd endpoint {e:?}")));
             }
-            let port = if hostport.starts_with('[') {
-                hostport.split_once("]:").map(|(_, p)| p)
-            } else {
-                hostport.rsplit_once(':').map(|(_, p)| p)
-            };
-            if let Some(p) = port {
-                if p.parse::<u16>().is_err() {
-                    return Err(Error::config(format!("bad port in etcd endpoint {e:?}")));
-                }
-            }
-            let has_port = port.is_some();
-            if has_port {
-                urls.push(format!("{scheme}://{hostport}"));
-            } else {
-                urls.push(format!("{scheme}://{hostport}:{DEFAULT_PORT}"));
-            }
+            let hostport = kv_core::url::host_port(hostport, DEFAULT_PORT)
+                .map_err(|err| Error::config(format!("etcd endpoint {e:?}: {err}")))?;
+            urls.push(format!("{scheme}://{hostport}"));
         }
         Ok((namespace, urls))
     }
@@ -293,6 +280,103 @@ mod tests {
         } else {
             let msg = r.unwrap_err().to_string();
             assert!(msg.contains("`tls` feature"), "{msg}");
+        }
+    }
+
+    mod fuzz {
+        //! Property tests: `from_url` and `validate` (everything `connect` checks before it
+        //! dials) on garbage and on structured URLs with random options.
+
+        use super::*;
+        use kv_testkit::fuzz;
+        use proptest::prelude::*;
+
+        const OPTIONS: &[&str] = &[
+            "timeout",
+            "connect_timeout",
+            "user",
+            "password",
+            "ca",
+            "cert",
+            "key",
+            "domain",
+        ];
+
+        fn config_error<T: std::fmt::Debug>(r: &Result<T>) -> bool {
+            matches!(r, Err(Error::Config { message }) if !message.is_empty())
+        }
+
+        proptest! {
+            #![proptest_config(fuzz::config())]
+
+            /// Garbage never panics; every rejection, by parsing or validation, is `Config`.
+            #[test]
+            fn garbage_is_a_config_error(url in prop_oneof![fuzz::url_garbage("etcd://"), fuzz::url_garbage("")]) {
+                let parsed = EtcdConfig::from_url(&url);
+                match &parsed {
+                    Ok(c) => {
+                        let v = c.validate();
+                        prop_assert!(v.is_ok() || config_error(&v), "{:?}: {:?}", url, v);
+                    }
+                    Err(_) => prop_assert!(config_error(&parsed), "{:?}: {:?}", url, parsed),
+                }
+            }
+
+            /// Structured URLs: the config holds what the URL says, and validation accepts
+            /// exactly valid endpoints (port 1-65535), namespaces and option combinations.
+            #[test]
+            fn structured_urls(hosts in fuzz::hosts(), ns in fuzz::namespace(), opts in fuzz::options(OPTIONS)) {
+                let url = format!("etcd://{}{ns}{}", hosts.join(","), fuzz::query(&opts));
+                let mut reference = ConnectUrl::parse(&url).unwrap();
+                let parsed = EtcdConfig::from_url(&url);
+                let bogus = opts.iter().any(|(k, _)| k == "bogus");
+                let timeout = reference.take_duration("timeout");
+                let connect_timeout = reference.take_duration("connect_timeout");
+                if bogus || timeout.is_err() || connect_timeout.is_err() {
+                    prop_assert!(config_error(&parsed), "{:?}: {:?}", url, parsed);
+                    return Ok(());
+                }
+                let c = parsed.map_err(|e| TestCaseError::fail(format!("{url:?}: {e}")))?;
+                prop_assert_eq!(&c.endpoints, &reference.hosts);
+                prop_assert_eq!(&c.namespace, &reference.path);
+                prop_assert_eq!(c.timeout, timeout.unwrap().unwrap_or(DEFAULT_TIMEOUT));
+                prop_assert_eq!(c.connect_timeout, connect_timeout.unwrap());
+                prop_assert_eq!(&c.user, &reference.take("user"));
+                prop_assert_eq!(&c.password, &reference.take("password"));
+                prop_assert_eq!(&c.domain, &reference.take("domain"));
+                prop_assert_eq!(c.ca.clone(), reference.take("ca").map(PathBuf::from));
+
+                let valid = !c.endpoints.is_empty()
+                    && c.endpoints.iter().all(|h| kv_core::url::host_port(h, 1).is_ok())
+                    && !c.timeout.is_zero()
+                    && kv_core::normalize_prefix(&c.namespace).is_ok()
+                    && c.user.is_some() == c.password.is_some()
+                    && c.cert.is_some() == c.key.is_some()
+                    && (!c.uses_tls() || (cfg!(feature = "tls") && c.ca.is_some()));
+                let v = c.validate();
+                match (&v, valid) {
+                    (Ok((namespace, urls)), true) => {
+                        prop_assert_eq!(namespace, &kv_core::normalize_prefix(&c.namespace).unwrap());
+                        let scheme = if c.uses_tls() { "https" } else { "http" };
+                        for (u, h) in urls.iter().zip(&c.endpoints) {
+                            let hp = kv_core::url::host_port(h, DEFAULT_PORT).unwrap();
+                            prop_assert_eq!(u, &format!("{scheme}://{hp}"));
+                        }
+                    }
+                    (Err(_), false) => prop_assert!(config_error(&v), "{:?}", v),
+                    _ => prop_assert!(false, "{:?}: validate gave {:?}, expected valid = {}", url, v, valid),
+                }
+            }
+        }
+
+        /// Regressions found by the properties: an endpoint without a host, or with port 0,
+        /// passed validation and failed only when dialled.
+        #[test]
+        fn endpoints_need_a_host_and_a_real_port() {
+            for bad in ["etcd://:2379/", "etcd://h:0/", "etcd://h:1:2/"] {
+                let v = EtcdConfig::from_url(bad).unwrap().validate();
+                assert!(config_error(&v), "{bad}: {v:?}");
+            }
         }
     }
 }

@@ -299,6 +299,14 @@ impl SledStore {
     }
 }
 
+/// True when `path`'s last component is a name (not `/`, `.` or `..`).
+fn ends_in_a_name(path: &str) -> bool {
+    matches!(
+        std::path::Path::new(path).components().next_back(),
+        Some(std::path::Component::Normal(_))
+    )
+}
+
 fn parse_url(url: &str) -> Result<SledConfig> {
     let mut u = ConnectUrl::parse(url)?;
     if u.scheme != URL_SCHEME {
@@ -315,9 +323,10 @@ fn parse_url(url: &str) -> Result<SledConfig> {
         )))
         }
     };
-    if path.is_empty() || path == "/" {
+    // The path must name the database directory: "/", "//", "." or "a/.." do not.
+    if !ends_in_a_name(&path) {
         return Err(Error::config(format!(
-            "{url:?} has no database path; use sled:///absolute/path or sled://./relative/path"
+            "{url:?} has no database path (it must end in a directory name); use sled:///absolute/path or sled://./relative/path"
         )));
     }
     let mut config = SledConfig::new(path);
@@ -938,5 +947,92 @@ mod tests {
         assert_eq!(ttl_ms(Duration::from_micros(1)), 1);
         assert_eq!(ttl_ms(Duration::from_millis(1500)), 1500);
         assert_eq!(ttl_ms(Duration::from_nanos(1_000_001)), 2);
+    }
+
+    mod fuzz {
+        //! Property tests of `parse_url` (private: `from_url` opens the database right after).
+
+        use super::*;
+        use kv_testkit::fuzz;
+        use proptest::prelude::*;
+
+        const OPTIONS: &[&str] = &["timeout", "flush", "namespace"];
+
+        fn config_error<T: std::fmt::Debug>(r: &Result<T>) -> bool {
+            matches!(r, Err(Error::Config { message }) if !message.is_empty())
+        }
+
+        proptest! {
+            #![proptest_config(fuzz::config())]
+
+            /// Garbage never panics; every rejection is `Config`; an accepted URL has a path.
+            #[test]
+            fn garbage_is_a_config_error(url in prop_oneof![fuzz::url_garbage("sled://"), fuzz::url_garbage("")]) {
+                let parsed = parse_url(&url);
+                match &parsed {
+                    Ok(c) => prop_assert!(
+                        matches!(c.path.components().next_back(), Some(std::path::Component::Normal(_))),
+                        "{:?} accepted with database path {:?}", url, c.path
+                    ),
+                    Err(_) => prop_assert!(config_error(&parsed), "{:?}: {:?}", url, parsed),
+                }
+            }
+
+            /// `sled:///abs` and `sled://./rel` with random options: the config holds what the
+            /// URL says; a host other than `.` and a missing path are rejected.
+            #[test]
+            fn structured_urls(
+                host in prop_oneof![3 => Just(String::new()), 3 => Just(".".to_string()), 1 => "[a-z]{1,4}"],
+                path in prop_oneof![3 => "(/[a-z0-9._-]{1,6}){1,3}", 1 => Just("/".to_string()), 1 => Just(String::new())],
+                opts in fuzz::options(OPTIONS),
+            ) {
+                let url = format!("sled://{host}{path}{}", fuzz::query(&opts));
+                let mut r = ConnectUrl::parse(&url).unwrap();
+                let parsed = parse_url(&url);
+                let expected_path = match host.as_str() {
+                    "" => Some(path.clone()),
+                    "." => Some(path.trim_start_matches('/').to_string()),
+                    _ => None,
+                }
+                .filter(|p| ends_in_a_name(p));
+                let timeout = r.take_duration("timeout");
+                let flush = r.take_bool("flush");
+                let bogus = opts.iter().any(|(k, _)| k == "bogus");
+                match (parsed, expected_path) {
+                    (Ok(c), Some(p)) if !bogus => {
+                        prop_assert_eq!(c.path, PathBuf::from(p));
+                        prop_assert_eq!(c.timeout, timeout.unwrap().unwrap_or(DEFAULT_TIMEOUT));
+                        prop_assert_eq!(c.flush, flush.unwrap().unwrap_or(true));
+                        prop_assert_eq!(c.namespace, r.take("namespace").unwrap_or_default());
+                    }
+                    (Err(e), p) => {
+                        prop_assert!(matches!(e, Error::Config { .. }), "{:?}", e);
+                        prop_assert!(p.is_none() || bogus || timeout.is_err() || flush.is_err(), "{:?}: {}", url, e);
+                    }
+                    (Ok(c), _) => prop_assert!(false, "{:?} accepted as {:?}", url, c),
+                }
+            }
+        }
+
+        /// Regression found by the properties: `sled:////` was accepted with the database
+        /// path `//` (the root directory); so were `.` and `..`.
+        #[test]
+        fn database_path_must_end_in_a_name() {
+            for bad in [
+                "sled:////",
+                "sled:///.",
+                "sled://./.",
+                "sled://./..",
+                "sled:///a/..",
+            ] {
+                let r = parse_url(bad);
+                assert!(config_error(&r), "{bad}: {r:?}");
+            }
+            assert_eq!(
+                parse_url("sled:///a/b/.").unwrap().path,
+                PathBuf::from("/a/b/.")
+            );
+            assert_eq!(parse_url("sled://./a").unwrap().path, PathBuf::from("a"));
+        }
     }
 }

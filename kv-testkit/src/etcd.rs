@@ -4,6 +4,10 @@
 //! it; it is killed when dropped. [`EtcdServer::start`] waits (generous deadline) until
 //! `etcdctl endpoint health` succeeds and fails fast if the process dies, printing the log tail.
 //!
+//! The binaries are `etcd` and `etcdctl` on `PATH`, or the paths in `KV_ETCD_BIN` and
+//! `KV_ETCDCTL_BIN` (`scripts/servers/etcd.sh env` prints them for a version selected with
+//! `KV_ETCD_VERSION`), so the same tests run on etcd 3.4 or 3.5.
+//!
 //! ```no_run
 //! # async fn demo() {
 //! let Some(server) = kv_testkit::etcd::EtcdServer::start().await else { return }; // SKIPPED
@@ -111,9 +115,26 @@ pub struct EtcdServer {
     dir: tempfile::TempDir,
 }
 
+/// The `etcd` binary tests run: `KV_ETCD_BIN` if set, else `etcd` on `PATH`.
+pub fn etcd_bin() -> String {
+    bin_from_env("KV_ETCD_BIN", "etcd")
+}
+
+/// The `etcdctl` binary tests run: `KV_ETCDCTL_BIN` if set, else `etcdctl` on `PATH`.
+pub fn etcdctl_bin() -> String {
+    bin_from_env("KV_ETCDCTL_BIN", "etcdctl")
+}
+
+fn bin_from_env(var: &str, default: &str) -> String {
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => v.trim().to_string(),
+        _ => default.to_string(),
+    }
+}
+
 fn etcd_binaries() -> bool {
-    require_binary("etcd", INSTALL_HINT).is_some()
-        && require_binary("etcdctl", INSTALL_HINT).is_some()
+    require_binary(&etcd_bin(), INSTALL_HINT).is_some()
+        && require_binary(&etcdctl_bin(), INSTALL_HINT).is_some()
 }
 
 impl EtcdServer {
@@ -184,7 +205,7 @@ impl EtcdServer {
     fn spawn(&mut self, state: &str) {
         let client_url = format!("{}://127.0.0.1:{}", self.scheme(), self.client_port);
         let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
-        let mut cmd = Command::new("etcd");
+        let mut cmd = Command::new(etcd_bin());
         cmd.arg("--name")
             .arg(&self.name)
             .arg("--data-dir")
@@ -314,7 +335,7 @@ fn scheme(tls: Option<&EtcdTls>) -> &'static str {
 
 /// An `etcdctl` command (API v3) aimed at `127.0.0.1:client_port`, with `tls` files if any.
 fn etcdctl(client_port: u16, tls: Option<&EtcdTls>) -> Command {
-    let mut cmd = Command::new("etcdctl");
+    let mut cmd = Command::new(etcdctl_bin());
     cmd.env("ETCDCTL_API", "3")
         .arg(format!(
             "--endpoints={}://127.0.0.1:{client_port}",

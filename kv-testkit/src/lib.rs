@@ -275,6 +275,7 @@ pub mod bench;
 pub mod consul;
 pub mod etcd;
 pub mod faults;
+pub mod fuzz;
 pub mod linearizability;
 pub mod zookeeper;
 

@@ -2,7 +2,9 @@
 //! ensembles on loopback, each with its own free ports and temporary data directory.
 //!
 //! Uses the Debian `zookeeper` package (`/usr/share/java/zookeeper.jar`, 3.8) and
-//! `libslf4j-java`, run with `java` directly (`QuorumPeerMain zoo.cfg`). Health is checked
+//! `libslf4j-java`, run with `java` directly (`QuorumPeerMain zoo.cfg`), or the class path in
+//! `KV_ZK_CLASSPATH` when set (`scripts/servers/zookeeper.sh env` prints it for a version
+//! selected with `KV_ZK_VERSION`, e.g. 3.9), so the same tests run on either version. Health is checked
 //! with the `srvr` four-letter word: a server serves once `srvr` prints a `Mode:` line
 //! (`ruok` answers `imok` earlier, before the server can serve).
 
@@ -34,15 +36,39 @@ const INSTALL_HINT: &str =
     "apt-get install -y zookeeper libslf4j-java, or bash scripts/servers/zookeeper.sh install";
 
 /// The java binary, or `None` (after a loud SKIPPED line) when ZooKeeper cannot run here;
-/// panics instead when servers are required (`KV_REQUIRE_SERVERS=1`).
+/// panics instead when servers are required (`KV_REQUIRE_SERVERS=1`). With `KV_ZK_CLASSPATH`
+/// every entry of it must exist.
 pub fn require_zookeeper() -> Option<PathBuf> {
     let java = require_binary("java", INSTALL_HINT)?;
-    require_binary(ZOOKEEPER_JAR, INSTALL_HINT)?;
+    match classpath_from_env() {
+        Some(cp) => {
+            for jar in cp.split(':') {
+                require_binary(
+                    jar,
+                    "KV_ZK_CLASSPATH names it: run scripts/servers/zookeeper.sh install",
+                )?;
+            }
+        }
+        None => {
+            require_binary(ZOOKEEPER_JAR, INSTALL_HINT)?;
+        }
+    }
     Some(java)
 }
 
-/// The class path for the server.
+fn classpath_from_env() -> Option<String> {
+    std::env::var("KV_ZK_CLASSPATH")
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// The class path for the server: `KV_ZK_CLASSPATH` if set, else [`ZOOKEEPER_JAR`] and
+/// those [`EXTRA_JARS`] that exist.
 pub fn classpath() -> String {
+    if let Some(cp) = classpath_from_env() {
+        return cp;
+    }
     let mut parts = vec![ZOOKEEPER_JAR.to_string()];
     parts.extend(
         EXTRA_JARS

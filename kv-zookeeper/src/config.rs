@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use kv_core::{retry, ConnectUrl, Consistency, Error, Result};
 
+/// Client port of a host given without one.
+pub const DEFAULT_PORT: u16 = 2181;
+
 /// Default ZooKeeper session timeout asked for (the server clamps it to 2..20 ticks).
 pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -130,14 +133,8 @@ impl ZkConfig {
         cfg.endpoints = u
             .hosts
             .iter()
-            .map(|h| {
-                if h.contains(':') {
-                    h.clone()
-                } else {
-                    format!("{h}:2181")
-                }
-            })
-            .collect();
+            .map(|h| kv_core::url::host_port(h, DEFAULT_PORT))
+            .collect::<Result<_>>()?;
         cfg.namespace = u.path.clone();
         if let Some(t) = u.take_duration("timeout")? {
             cfg.timeout = t;
@@ -194,6 +191,9 @@ impl ZkConfig {
     pub fn validate(&self) -> Result<()> {
         if self.endpoints.is_empty() {
             return Err(Error::config("no ZooKeeper endpoint given"));
+        }
+        for e in &self.endpoints {
+            kv_core::url::host_port(e, DEFAULT_PORT)?;
         }
         if self.timeout.is_zero() {
             return Err(Error::config("option timeout: must be more than 0"));
@@ -290,6 +290,93 @@ mod tests {
         } else {
             let msg = r.unwrap_err().to_string();
             assert!(msg.contains("tls"), "{msg}");
+        }
+    }
+
+    mod fuzz {
+        //! Property tests: `from_url` (which validates everything `connect` checks before it
+        //! dials) on garbage and on structured URLs with random options.
+
+        use super::*;
+        use kv_testkit::fuzz;
+        use proptest::prelude::*;
+
+        const OPTIONS: &[&str] = &[
+            "timeout",
+            "session_timeout",
+            "digest",
+            "ca",
+            "cert",
+            "key",
+            "tls",
+        ];
+
+        fn config_error<T: std::fmt::Debug>(r: &Result<T>) -> bool {
+            matches!(r, Err(Error::Config { message }) if !message.is_empty())
+        }
+
+        proptest! {
+            #![proptest_config(fuzz::config())]
+
+            /// Garbage never panics; every rejection is `Config`; what is accepted validates.
+            #[test]
+            fn garbage_is_a_config_error(url in prop_oneof![fuzz::url_garbage("zk://"), fuzz::url_garbage("")]) {
+                let parsed = ZkConfig::from_url(&url);
+                match &parsed {
+                    Ok(c) => prop_assert!(c.validate().is_ok()),
+                    Err(_) => prop_assert!(config_error(&parsed), "{:?}: {:?}", url, parsed),
+                }
+            }
+
+            /// Structured URLs: accepted exactly when hosts, namespace and options are valid;
+            /// then the config holds what the URL says, every endpoint as `host:port`.
+            #[test]
+            fn structured_urls(hosts in fuzz::hosts(), ns in fuzz::namespace(), opts in fuzz::options(OPTIONS)) {
+                let url = format!("zk://{}{ns}{}", hosts.join(","), fuzz::query(&opts));
+                let mut r = ConnectUrl::parse(&url).unwrap();
+                let parsed = ZkConfig::from_url(&url);
+                let timeout = r.take_duration("timeout");
+                let session = r.take_duration("session_timeout");
+                let digest = r.take("digest");
+                let (ca, cert, key) = (r.take("ca"), r.take("cert"), r.take("key"));
+                let tls_flag = r.take_bool("tls");
+                let endpoints: Result<Vec<String>> =
+                    r.hosts.iter().map(|h| kv_core::url::host_port(h, DEFAULT_PORT)).collect();
+                let any_file = ca.is_some() || cert.is_some() || key.is_some();
+                let valid = !opts.iter().any(|(k, _)| k == "bogus")
+                    && endpoints.as_ref().is_ok_and(|e| !e.is_empty())
+                    && timeout.as_ref().is_ok_and(|t| t.map_or(true, |t| !t.is_zero()))
+                    && session.as_ref().is_ok_and(|t| t.map_or(true, |t| t >= Duration::from_millis(100)))
+                    && digest.as_ref().map_or(true, |d| d.split_once(':').is_some_and(|(u, _)| !u.is_empty()))
+                    && kv_core::normalize_prefix(&r.path).is_ok()
+                    && tls_flag.as_ref().is_ok_and(|f| !(any_file && *f == Some(false)))
+                    && (!(any_file || matches!(tls_flag, Ok(Some(true)))) || (cfg!(feature = "tls") && cert.is_some() == key.is_some()));
+                match (&parsed, valid) {
+                    (Ok(c), true) => {
+                        prop_assert_eq!(&c.endpoints, endpoints.as_ref().unwrap());
+                        prop_assert_eq!(&c.namespace, &r.path);
+                        prop_assert_eq!(c.timeout, timeout.unwrap().unwrap_or(retry::DEFAULT_TIMEOUT));
+                        prop_assert_eq!(c.session_timeout, session.unwrap().unwrap_or(DEFAULT_SESSION_TIMEOUT));
+                        let expect_digest = digest.and_then(|d| d.split_once(':').map(|(u, p)| (u.to_string(), p.to_string())));
+                        prop_assert_eq!(&c.digest, &expect_digest);
+                        prop_assert_eq!(c.tls.is_some(), any_file || matches!(tls_flag, Ok(Some(true))));
+                    }
+                    (Err(_), false) => prop_assert!(config_error(&parsed), "{:?}", parsed),
+                    _ => prop_assert!(false, "{:?}: got {:?}, expected valid = {}", url, parsed, valid),
+                }
+            }
+        }
+
+        /// Regressions found by the properties: a bracketed IPv6 host without a port was kept
+        /// without one (`[::1]` contains ':'), and bad ports passed until the client dialled.
+        #[test]
+        fn endpoints_are_checked_and_get_the_default_port() {
+            let c = ZkConfig::from_url("zk://[::1],h/").unwrap();
+            assert_eq!(c.endpoints, vec!["[::1]:2181", "h:2181"]);
+            for bad in ["zk://h:x/", "zk://h:0/", "zk://:2181/", "zk://h:99999/"] {
+                let r = ZkConfig::from_url(bad);
+                assert!(config_error(&r), "{bad}: {r:?}");
+            }
         }
     }
 }

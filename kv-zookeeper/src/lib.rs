@@ -190,7 +190,7 @@ use tokio::sync::watch as tokio_watch;
 use zookeeper_client as zk;
 use zookeeper_client::{Acls, Client, CreateMode, CreateOptions, Stat};
 
-pub use config::{ZkConfig, ZkTls, DEFAULT_SESSION_TIMEOUT};
+pub use config::{ZkConfig, ZkTls, DEFAULT_PORT, DEFAULT_SESSION_TIMEOUT};
 
 use codec::Decoded;
 

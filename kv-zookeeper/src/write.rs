@@ -294,9 +294,12 @@ impl Inner {
                     found(new.is_ok());
                     match new {
                         Ok(stat) => {
+                            // Same czxid: the same znode, so the same type as when it was read,
+                            // even if another write landed between the two requests (replacing
+                            // then would write this value twice: a version no reader expects).
                             let old_ttl = match &old {
                                 Ok((old_data, st))
-                                    if st.czxid == stat.czxid && st.version + 1 == stat.version =>
+                                    if st.czxid == stat.czxid && st.version < stat.version =>
                                 {
                                     Some((codec::header_ttl(old_data), *st))
                                 }

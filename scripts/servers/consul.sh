@@ -8,7 +8,8 @@
 #                           package cannot be fetched.
 #   consul.sh start DIR     start one agent on free loopback ports, data and log under DIR, wait
 #                           until it has a leader and accepts a KV write; print ONLY
-#                           `export KV_CONSUL_ADDR=127.0.0.1:<http port>` on stdout.
+#                           `export KV_CONSUL_ADDR=127.0.0.1:<http port>` and
+#                           `export KV_SERVER_VERSION=<version the agent reports>` on stdout.
 #   consul.sh stop DIR      stop what `start DIR` started (pid file in DIR).
 #   consul.sh bin           print the binary path (after install).
 #
@@ -127,8 +128,12 @@ start_once() { # DIR -> 0 when ready (prints the export line), 1 when consul exi
     fi
     sleep 0.2
   done
-  log "consul ready on 127.0.0.1:$http_port (pid $pid, data in $dir)"
+  local version
+  version=$(http GET "$http_port" /v1/agent/self 2>/dev/null | tail -n 1 |
+    sed -n 's/.*"Version":"\([0-9][0-9.]*\)".*/\1/p' | head -n 1)
+  log "consul ${version:-(version unknown)} ready on 127.0.0.1:$http_port (pid $pid, data in $dir)"
   echo "export KV_CONSUL_ADDR=127.0.0.1:$http_port"
+  [ -z "$version" ] || echo "export KV_SERVER_VERSION=$version"
 }
 
 stop() {
