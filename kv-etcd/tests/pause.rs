@@ -89,35 +89,7 @@ async fn paused_leader_is_fenced() {
         return;
     };
     let url = format!("etcd://{}/pause", server.endpoint());
-    let mut proc = Command::new(std::env::current_exe().expect("current exe"))
-        .args([
-            "--exact",
-            "paused_leader_is_fenced",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, &url)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn the child");
-    let pid = proc.id();
-    let mut stdin = proc.stdin.take().expect("child stdin");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let stdout = proc.stdout.take().expect("child stdout");
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            // libtest may print "test ... " on the same line before the child's first line.
-            if let Some(i) = line.find("CHILD ") {
-                let _ = tx.send(line[i + "CHILD ".len()..].to_string());
-            }
-        }
-    });
-    let line = next(&mut rx).await;
-    let child_term: u64 = line
-        .strip_prefix("ELECTED ")
-        .and_then(|t| t.parse().ok())
-        .unwrap_or_else(|| panic!("child said {line:?}"));
+    let (mut proc, pid, mut stdin, mut rx, child_term) = spawn_leader(&url).await;
 
     let store = open(&url).await;
     signal(pid, libc::SIGSTOP);
@@ -168,4 +140,133 @@ async fn paused_leader_is_fenced() {
     assert!(status.success(), "child exit: {status:?}");
     lead.resign().await.expect("resign");
     drop(server);
+}
+
+/// The leader child process, once it reports its term: (process, pid, its stdin, its lines,
+/// its term).
+async fn spawn_leader(
+    url: &str,
+) -> (
+    std::process::Child,
+    u32,
+    std::process::ChildStdin,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+    u64,
+) {
+    let mut proc = Command::new(std::env::current_exe().expect("current exe"))
+        .args([
+            "--exact",
+            "paused_leader_is_fenced",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn the child");
+    let pid = proc.id();
+    let stdin = proc.stdin.take().expect("child stdin");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let stdout = proc.stdout.take().expect("child stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            // libtest may print "test ... " on the same line before the child's first line.
+            if let Some(i) = line.find("CHILD ") {
+                let _ = tx.send(line[i + "CHILD ".len()..].to_string());
+            }
+        }
+    });
+    let line = next(&mut rx).await;
+    let term: u64 = line
+        .strip_prefix("ELECTED ")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("child said {line:?}"));
+    (proc, pid, stdin, rx, term)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_leader_is_replaced_within_its_ttl() {
+    let Some(server) = EtcdServer::start().await else {
+        return;
+    };
+    let url = format!("etcd://{}/kill", server.endpoint());
+    let (mut proc, pid, _stdin, _rx, child_term) = spawn_leader(&url).await;
+    let store = open(&url).await;
+    signal(pid, libc::SIGKILL);
+    let _ = proc.wait();
+    let t0 = Instant::now();
+    let lead = tokio::time::timeout(
+        TTL + DEADLINE,
+        Candidate::new(store.clone(), LEADER, "successor", TTL).campaign(),
+    )
+    .await
+    .expect("the successor elected in time")
+    .expect("campaign");
+    let failover = t0.elapsed();
+    eprintln!("figure etcd SIGKILL: leader killed -> new leader after {failover:?} (ttl {TTL:?})");
+    assert!(lead.term() > child_term);
+    // Lease expiry (TTL) plus etcd's lease checkpoint and our keep-alive cadence.
+    assert!(
+        failover < TTL + Duration::from_secs(5),
+        "new leader only after {failover:?}"
+    );
+    lead.resign().await.expect("resign");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_reports_the_final_leader_across_a_server_restart() {
+    use futures::StreamExt;
+    let Some(mut server) = EtcdServer::start().await else {
+        return;
+    };
+    let url = format!("etcd://{}/follow?timeout=3s", server.endpoint());
+    let (a, b, watcher) = (open(&url).await, open(&url).await, open(&url).await);
+    let mut leaders = kv_core::election::observe(watcher.clone(), LEADER);
+    let first = Candidate::new(a.clone(), LEADER, "a", TTL)
+        .campaign()
+        .await
+        .expect("a elected");
+    // Wait until the follower has seen "a".
+    loop {
+        if let Ok(Some(l)) = next_leader(&mut leaders).await {
+            if l.value == b"a" {
+                break;
+            }
+        }
+    }
+    server.restart().await;
+    // After the restart, a hands over to b; the follower must end on b, whatever errors the
+    // restart caused in between.
+    let _ = first.resign().await;
+    let second = tokio::time::timeout(
+        TTL + DEADLINE,
+        Candidate::new(b.clone(), LEADER, "b", TTL).campaign(),
+    )
+    .await
+    .expect("b elected in time")
+    .expect("campaign");
+    let mut errors = 0;
+    loop {
+        match next_leader(&mut leaders).await {
+            Ok(Some(l)) if l.value == b"b" => {
+                assert_eq!(l.term, second.term());
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => errors += 1,
+        }
+    }
+    eprintln!("follower across a restart: final leader b seen ({errors} error items on the way)");
+    second.resign().await.expect("resign");
+}
+
+async fn next_leader(
+    s: &mut kv_core::election::LeaderStream,
+) -> kv_core::Result<Option<kv_core::election::Leader>> {
+    use futures::StreamExt;
+    tokio::time::timeout(DEADLINE, s.next())
+        .await
+        .expect("an item from the follower in time")
+        .expect("the follower never ends silently")
 }
