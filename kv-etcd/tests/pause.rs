@@ -216,7 +216,6 @@ async fn killed_leader_is_replaced_within_its_ttl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follower_reports_the_final_leader_across_a_server_restart() {
-    use futures::StreamExt;
     let Some(mut server) = EtcdServer::start().await else {
         return;
     };
