@@ -126,6 +126,7 @@ pub(crate) fn to_error(f: Failure) -> Error {
                 source: None,
             },
             _ => Error::Backend {
+                retryable: false,
                 backend: BACKEND,
                 message: format!("{operation}: HTTP {status}: {body}"),
                 source: None,
@@ -150,6 +151,7 @@ pub(crate) fn to_error(f: Failure) -> Error {
                 }
             } else {
                 Error::Backend {
+                    retryable: false,
                     backend: BACKEND,
                     message: format!("{operation} on {key:?}: {what}"),
                     source: None,
@@ -157,6 +159,7 @@ pub(crate) fn to_error(f: Failure) -> Error {
             }
         }
         Failure::Decode { operation, message } => Error::Backend {
+            retryable: false,
             backend: BACKEND,
             message: format!("{operation}: cannot decode Consul's answer: {message}"),
             source: None,

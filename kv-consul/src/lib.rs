@@ -367,6 +367,8 @@ fn capabilities() -> Capabilities {
         max_value_size: MAX_VALUE_SIZE,
         max_txn_ops: MAX_TXN_OPS,
         min_ttl: MIN_TTL,
+        max_ttl: Some(MAX_TTL),
+        lock_min_ttl: MIN_LOCK_TTL,
     }
 }
 
@@ -747,6 +749,7 @@ impl Inner {
             }
         }
         Err(Error::Backend {
+            retryable: false,
             backend: BACKEND,
             message: format!("put {full:?}: the key kept changing concurrently; gave up"),
             source: None,
@@ -773,6 +776,7 @@ pub(crate) fn is_fatal_what(what: &str) -> bool {
 
 pub(crate) fn missing_result(op: &str) -> Error {
     Error::Backend {
+        retryable: false,
         backend: BACKEND,
         message: format!("{op}: Consul's transaction answer has no result"),
         source: None,

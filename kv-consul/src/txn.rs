@@ -166,6 +166,7 @@ async fn run_inner(
         }
     }
     Err(Error::Backend {
+        retryable: false,
         backend: BACKEND,
         message: "txn: the keys kept changing concurrently; gave up".into(),
         source: None,

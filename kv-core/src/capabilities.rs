@@ -26,6 +26,10 @@ pub struct Capabilities {
     pub max_txn_ops: usize,
     /// Shortest TTL honoured (for keys and locks).
     pub min_ttl: Duration,
+    /// Longest TTL honoured (keys and locks), `None` for no limit.
+    pub max_ttl: Option<Duration>,
+    /// Shortest lock TTL, when locks need more than [`min_ttl`](Self::min_ttl) (zero: the same).
+    pub lock_min_ttl: Duration,
 }
 
 impl Capabilities {
@@ -41,7 +45,70 @@ impl Capabilities {
                 ),
                 backend,
             )),
+            Some(t) if self.max_ttl.is_some_and(|m| t > m) => Err(Error::unsupported(
+                format!(
+                    "TTL of {t:?} (the longest this backend honours is {:?})",
+                    self.max_ttl.unwrap_or_default()
+                ),
+                backend,
+            )),
             Some(_) => Ok(()),
         }
+    }
+
+    /// The shortest lock TTL: [`lock_min_ttl`](Self::lock_min_ttl), at least `min_ttl`.
+    pub fn shortest_lock_ttl(&self) -> Duration {
+        self.lock_min_ttl.max(self.min_ttl)
+    }
+
+    /// `Unsupported` unless locks are supported and `ttl` is within the lock TTL limits.
+    pub fn check_lock_ttl(&self, ttl: Duration, backend: &'static str) -> Result<()> {
+        if !self.lock {
+            return Err(Error::unsupported("locks", backend));
+        }
+        let min = self.shortest_lock_ttl();
+        let max = self.max_ttl;
+        if ttl < min || max.is_some_and(|m| ttl > m) {
+            let range = match max {
+                Some(m) => format!("{min:?} to {m:?}"),
+                None => format!("at least {min:?}"),
+            };
+            return Err(Error::unsupported(
+                format!("lock TTL of {ttl:?} (this backend honours {range})"),
+                backend,
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_limits() {
+        let caps = Capabilities {
+            ttl: true,
+            lock: true,
+            min_ttl: Duration::from_secs(1),
+            max_ttl: Some(Duration::from_secs(100)),
+            lock_min_ttl: Duration::from_secs(10),
+            ..Capabilities::default()
+        };
+        assert!(caps.check_ttl(Some(Duration::from_secs(1)), "x").is_ok());
+        assert!(caps
+            .check_ttl(Some(Duration::from_millis(999)), "x")
+            .is_err());
+        let e = caps
+            .check_ttl(Some(Duration::from_secs(101)), "x")
+            .unwrap_err();
+        assert!(e.to_string().contains("longest"), "{e}");
+        assert!(caps.check_lock_ttl(Duration::from_secs(10), "x").is_ok());
+        let e = caps
+            .check_lock_ttl(Duration::from_secs(5), "x")
+            .unwrap_err();
+        assert!(e.to_string().contains("10s to 100s"), "{e}");
+        assert!(caps.check_lock_ttl(Duration::from_secs(101), "x").is_err());
     }
 }

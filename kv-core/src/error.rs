@@ -184,6 +184,9 @@ pub enum Error {
     /// Any other backend failure, with the backend's error as source.
     #[error("{backend} backend error: {message}")]
     Backend {
+        /// True when the driver knows that the same call may succeed later (a server busy
+        /// or between leaders); decided where the error is created.
+        retryable: bool,
         /// Backend name.
         backend: &'static str,
         /// Short description.
@@ -224,6 +227,7 @@ impl Error {
         source: impl Into<BoxError>,
     ) -> Self {
         Error::Backend {
+            retryable: false,
             backend,
             message: message.into(),
             source: Some(source.into()),
@@ -245,11 +249,31 @@ impl Error {
         matches!(self, Error::FencingFailed { .. })
     }
 
-    /// True when retrying the same call later may succeed (unreachable, timeout, some backend errors).
+    /// True when retrying the same call later may succeed: [`Error::Unreachable`],
+    /// [`Error::Timeout`], and [`Error::Backend`] errors their driver marked `retryable`.
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Error::Unreachable { .. } | Error::Timeout { .. } | Error::Backend { .. }
+            Error::Unreachable { .. }
+                | Error::Timeout { .. }
+                | Error::Backend {
+                    retryable: true,
+                    ..
+                }
         )
+    }
+
+    /// `Backend` that the same call may get past later (see [`Error::is_transient`]).
+    pub fn retryable_backend(
+        backend: &'static str,
+        message: impl Into<String>,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        Error::Backend {
+            retryable: true,
+            backend,
+            message: message.into(),
+            source: Some(source.into()),
+        }
     }
 }

@@ -120,6 +120,7 @@ pub mod error;
 pub mod key;
 pub mod lock;
 pub mod pair;
+pub mod raw;
 pub mod retry;
 pub mod store;
 pub mod txn;

@@ -159,6 +159,32 @@ pub fn host_port(entry: &str, default_port: u16) -> Result<String> {
     Ok(format!("{host}:{port}"))
 }
 
+/// Checks every host of a list with [`host_port`] (default port added where missing); an
+/// empty list is [`Error::Config`]. Accepts the URL's hosts or a comma-separated string's
+/// pieces, so every driver parses host lists the same way (IPv6 in brackets included).
+///
+/// ```
+/// use kv_core::url::host_list;
+/// assert_eq!(host_list(["a", "[::1]:9"], 7).unwrap(), vec!["a:7", "[::1]:9"]);
+/// assert!(host_list(Vec::<String>::new(), 7).is_err());
+/// ```
+pub fn host_list<I, S>(hosts: I, default_port: u16) -> Result<Vec<String>>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let list: Vec<String> = hosts
+        .into_iter()
+        .map(|h| host_port(h.as_ref(), default_port))
+        .collect::<Result<_>>()?;
+    if list.is_empty() {
+        return Err(Error::config(
+            "no host given (expected host[:port][,host[:port]...])",
+        ));
+    }
+    Ok(list)
+}
+
 impl ConnectUrl {
     /// Parses a URL. Errors are [`Error::Config`] and quote the URL (without its password).
     pub fn parse(url: &str) -> Result<Self> {

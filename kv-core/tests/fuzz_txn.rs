@@ -55,6 +55,8 @@ fn caps() -> impl Strategy<Value = Capabilities> {
             txn: true,
             ttl,
             min_ttl: Duration::from_millis(min_ttl_ms),
+            max_ttl: None,
+            lock_min_ttl: Duration::ZERO,
             max_txn_ops,
             max_value_size,
             ..Capabilities::default()

@@ -235,6 +235,8 @@ fn capabilities() -> Capabilities {
         max_value_size: MAX_VALUE_SIZE,
         max_txn_ops: MAX_TXN_OPS,
         min_ttl: MIN_TTL,
+        max_ttl: None,
+        lock_min_ttl: Duration::ZERO,
     }
 }
 
@@ -952,6 +954,7 @@ impl Store for EtcdStore {
                 c.evaluate(i, versions.get(i).copied().flatten())?;
             }
             return Err(Error::Backend {
+                retryable: false,
                 backend: BACKEND,
                 message: "etcd rejected the transaction but every compare holds on re-read".into(),
                 source: None,
@@ -977,6 +980,7 @@ impl Store for EtcdStore {
                 }
                 (TxnOp::Get { .. }, _) => {
                     return Err(Error::Backend {
+                        retryable: false,
                         backend: BACKEND,
                         message: "etcd answered a transaction read with another kind of response"
                             .into(),

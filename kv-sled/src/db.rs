@@ -23,6 +23,7 @@ pub(crate) fn map_err(operation: &str, e: sled::Error) -> Error {
     match e {
         sled::Error::Io(io) => Error::backend(BACKEND, format!("{operation}: I/O error: {io}"), io),
         other => Error::Backend {
+            retryable: false,
             backend: BACKEND,
             message: format!("{operation}: {other}"),
             source: Some(Box::new(other)),

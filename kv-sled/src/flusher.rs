@@ -94,6 +94,7 @@ impl Flusher {
         match round.error {
             None => Ok(()),
             Some(e) => Err(Error::Backend {
+                retryable: false,
                 backend: BACKEND,
                 message: format!("flush to stable storage failed: {e}"),
                 source: None,

@@ -126,6 +126,8 @@ const CAPABILITIES: Capabilities = Capabilities {
     max_value_size: MAX_VALUE_SIZE,
     max_txn_ops: MAX_TXN_OPS,
     min_ttl: Duration::from_millis(1),
+    max_ttl: None,
+    lock_min_ttl: Duration::ZERO,
 };
 
 /// TTL in whole milliseconds, rounded up.

@@ -66,6 +66,7 @@ impl Record {
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         if bytes.len() < HEADER {
             return Err(Error::Backend {
+                retryable: false,
                 backend: crate::BACKEND,
                 message: format!(
                     "corrupt record: {} bytes, shorter than the {HEADER}-byte header",
@@ -77,6 +78,7 @@ impl Record {
         let flags = bytes[16];
         if flags & !(FLAG_TOMBSTONE | FLAG_LOCK) != 0 {
             return Err(Error::Backend {
+                retryable: false,
                 backend: crate::BACKEND,
                 message: format!("corrupt record: unknown flags {flags:#04x}"),
                 source: None,

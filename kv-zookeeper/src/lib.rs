@@ -428,6 +428,8 @@ impl Inner {
             max_value_size: MAX_VALUE_SIZE,
             max_txn_ops: MAX_TXN_OPS,
             min_ttl: MIN_TTL,
+            max_ttl: None,
+            lock_min_ttl: Duration::ZERO,
         }
     }
 
