@@ -34,7 +34,7 @@ pub fn read_value(source: &ValueSource) -> Result<Vec<u8>> {
 
 /// Parses a `--ttl` duration such as `30s`.
 pub fn parse_ttl(ttl: Option<&str>) -> Result<Option<std::time::Duration>> {
-    ttl.map(kv::url::parse_duration).transpose()
+    ttl.map(kv::parse_duration).transpose()
 }
 
 /// `get KEY`.

@@ -111,6 +111,7 @@
 //! [`Store::close`], calls return [`Error::Closed`].
 
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod capabilities;
 pub mod consistency;

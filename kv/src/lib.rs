@@ -26,18 +26,32 @@
 //! ```
 
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 use std::sync::Arc;
 
-pub use kv_core::*;
+// The user API only: driver authors use `kv_core::raw` and the other `kv_core` modules.
+pub use kv_core::key::MAX_KEY_LEN;
+pub use kv_core::retry::DEFAULT_TIMEOUT;
+pub use kv_core::url::parse_duration;
+pub use kv_core::{discovery, election};
+pub use kv_core::{
+    normalize_key, normalize_prefix, Capabilities, Compare, CompareFailure, Consistency, Error,
+    KvPair, Lock, LockOptions, LostSignal, PutOptions, Result, Store, TreeWatchStream, Txn, TxnOp,
+    TxnResult, WatchStream,
+};
 
 #[cfg(feature = "consul")]
+#[cfg_attr(docsrs, doc(cfg(feature = "consul")))]
 pub use kv_consul as consul;
 #[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
 pub use kv_etcd as etcd;
 #[cfg(feature = "sled")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sled")))]
 pub use kv_sled as sled;
 #[cfg(feature = "zookeeper")]
+#[cfg_attr(docsrs, doc(cfg(feature = "zookeeper")))]
 pub use kv_zookeeper as zookeeper;
 
 /// Every URL scheme this crate knows, with the cargo feature that enables it.

@@ -40,7 +40,7 @@ proptest! {
     /// No `scheme://`: a `Config` error that lists the available schemes.
     #[test]
     fn no_scheme(s in garbage()) {
-        prop_assume!(kv::url::scheme_of(&s).is_none());
+        prop_assume!(kv_core::url::scheme_of(&s).is_none());
         match open_err(&s) {
             kv::Error::Config { message } => {
                 prop_assert!(message.contains("available schemes"), "{}", message);
