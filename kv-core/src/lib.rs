@@ -12,8 +12,11 @@
 //! leading or trailing white space and keys over [`key::MAX_KEY_LEN`] bytes are rejected with
 //! [`Error::InvalidKey`], which names the key and the rule. Pairs come back with the
 //! normalized key. A parent path is not a key: after `put("a/b")`, `exists("a")` is `false`.
-//! Each store may have a namespace (a URL path such as `etcd://host/app`): keys are relative
-//! to it and nothing outside it is visible.
+//! Each store may have a namespace: keys are relative to it and nothing outside it is visible.
+//! A URL carries it in one of two ways, fixed per driver ([`raw::NamespaceIn`]): network
+//! drivers take the URL path (`etcd://host/app`, `zk://host/app`, `consul://host/app`);
+//! drivers whose path names a database file or an in-process store take the `namespace=`
+//! option (`sled:///var/lib/db?namespace=app`, `memory://test?namespace=app`).
 //!
 //! ## Values and versions
 //! Values are bytes, at most [`Capabilities::max_value_size`]; a larger value is rejected
@@ -101,6 +104,10 @@
 //!   in a loop; [`election::observe`] follows the current leader.
 //! - [`discovery`]: [`discovery::register`] keeps an instance alive with TTL writes;
 //!   [`discovery::instances`] and [`discovery::watch_instances`] read and follow the set.
+//!
+//! ## Writing a driver
+//! Drivers implement [`raw::Driver`] and are wrapped in [`raw::Checked`], the one layer that
+//! applies the rules above that do not depend on the backend; see [`raw`].
 //!
 //! ## Errors, timeouts, capabilities
 //! Every call returns [`Error`], a `#[non_exhaustive]` enum of matchable kinds. Every call
