@@ -172,19 +172,24 @@ impl<D: Driver> Store for Checked<D> {
 
     async fn get(&self, key: &str) -> Result<KvPair> {
         let key = self.key(key)?;
-        let f = self.driver.get(&key);
-        self.call("get", &key, self.timeout(), f)
-            .await?
-            .ok_or_else(|| Error::not_found(key))
+        let f = async {
+            self.driver
+                .get(&key)
+                .await?
+                .ok_or_else(|| Error::not_found(key.as_str()))
+        };
+        self.call("get", &key, self.timeout(), f).await
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
         let key = self.key(key)?;
-        let f = self.driver.delete(&key);
-        match self.call("delete", &key, self.timeout(), f).await? {
-            true => Ok(()),
-            false => Err(Error::not_found(key)),
-        }
+        let f = async {
+            match self.driver.delete(&key).await? {
+                true => Ok(()),
+                false => Err(Error::not_found(key.as_str())),
+            }
+        };
+        self.call("delete", &key, self.timeout(), f).await
     }
 
     async fn exists(&self, key: &str) -> Result<bool> {
