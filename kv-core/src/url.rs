@@ -322,7 +322,13 @@ impl ConnectUrl {
     }
 }
 
-fn redact(url: &str) -> String {
+/// `url` with the password of its user info replaced by `***`, for error messages and logs.
+///
+/// ```
+/// assert_eq!(kv_core::url::redact("etcd://me:pw@h/app"), "etcd://me:***@h/app");
+/// assert_eq!(kv_core::url::redact("zk://h/app"), "zk://h/app");
+/// ```
+pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(a)) if a > s => {
             let userinfo = &url[s + 3..a];

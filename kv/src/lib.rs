@@ -84,7 +84,8 @@ pub fn available_schemes() -> Vec<&'static str> {
 pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     let scheme = kv_core::url::scheme_of(url).ok_or_else(|| {
         Error::config(format!(
-            "{url:?} is not a store URL (expected scheme://...); available schemes: {}",
+            "{:?} is not a store URL (expected scheme://...); available schemes: {}",
+            kv_core::url::redact(url),
             available_schemes().join(", ")
         ))
     })?;
