@@ -178,7 +178,7 @@ async fn transactions_are_all_or_nothing() {
 async fn namespaces_isolate_keys() {
     let d = dir("ns");
     let root = open(d.path()).await;
-    let ns = SledStore::connect(SledConfig::new(d.path()).namespace("/app/one/"))
+    let ns = SledStore::connect(SledConfig::new(d.path()).with_namespace("/app/one/"))
         .await
         .unwrap();
     ns.put("k", b"v", PutOptions::default()).await.unwrap();
@@ -199,7 +199,7 @@ async fn same_path_twice_shares_locks_and_watches() {
     let d = dir("twice");
     let a = open(d.path()).await;
     // A relative form of the same directory resolves to the same database.
-    let b = open(&d.path().join(".")).await;
+    let b = std::sync::Arc::new(open(&d.path().join(".")).await);
 
     let mut w = b.watch("shared/key").await.unwrap();
     assert_eq!(next(&mut w).await.unwrap(), None);
@@ -455,7 +455,7 @@ async fn watch_tree_tracks_exactly_the_subtree() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unread_watch_streams_never_block_writers() {
     let d = dir("unread");
-    let s = SledStore::connect(SledConfig::new(d.path()).flush(false))
+    let s = SledStore::connect(SledConfig::new(d.path()).with_flush(false))
         .await
         .unwrap();
     let _w = s.watch("u/k").await.unwrap();
@@ -482,7 +482,7 @@ async fn unread_watch_streams_never_block_writers() {
 async fn unread_watch_on_a_single_thread_runtime() {
     // The same on a current-thread runtime, where a blocked writer would deadlock the test.
     let d = dir("unread1");
-    let s = SledStore::connect(SledConfig::new(d.path()).flush(false))
+    let s = SledStore::connect(SledConfig::new(d.path()).with_flush(false))
         .await
         .unwrap();
     let _w = s.watch("u/k").await.unwrap();
@@ -526,9 +526,11 @@ async fn watches_survive_concurrent_writers() {
     // Concurrent writers of one key lose compare-and-swaps (sled drops their event
     // reservations); the watch must keep going and end on the final version.
     let d = dir("conflict");
-    let s = SledStore::connect(SledConfig::new(d.path()).flush(false))
-        .await
-        .unwrap();
+    let s = std::sync::Arc::new(
+        SledStore::connect(SledConfig::new(d.path()).with_flush(false))
+            .await
+            .unwrap(),
+    );
     let mut w = s.watch("c/k").await.unwrap();
     assert_eq!(next(&mut w).await.unwrap(), None);
     let mut tasks = vec![];
