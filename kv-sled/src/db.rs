@@ -117,6 +117,7 @@ fn open_shared(path: &Path) -> Result<Opened> {
     let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
     if let Some(entry) = reg.get(&canonical) {
         if let Some(shared) = entry.shared.upgrade() {
+            tracing::debug!(backend = "sled", path = %canonical.display(), "joined the open database");
             return Ok(Opened::Ready(shared));
         }
         if !entry.flusher.is_released() {
@@ -168,6 +169,7 @@ fn open_shared(path: &Path) -> Result<Opened> {
         handles: std::sync::atomic::AtomicUsize::new(0),
     });
     spawn_reaper(&shared)?;
+    tracing::debug!(backend = "sled", path = %canonical.display(), "database opened");
     reg.insert(
         canonical,
         Entry {
