@@ -30,7 +30,13 @@ where
     best
 }
 
-async fn kv_rate(store: &SledStore, tag: &str, writers: usize, n: usize, rounds: usize) -> f64 {
+async fn kv_rate(
+    store: &Arc<SledStore>,
+    tag: &str,
+    writers: usize,
+    n: usize,
+    rounds: usize,
+) -> f64 {
     best(rounds, |r| {
         let (store, tag) = (store.clone(), format!("{tag}/{r}"));
         bench::par(bench::round_to_tasks(n, writers), writers, move |t, i| {
@@ -78,12 +84,9 @@ async fn main() {
     let n = bench::env_usize("KV_BENCH_N", 2000);
     let rounds = bench::env_usize("KV_BENCH_ROUNDS", 3);
     let dir = kv_testkit::temp_dir("sled-bench");
-    let durable = SledStore::connect(SledConfig::new(dir.path().join("kv")))
-        .await
-        .unwrap();
-    let lazy = SledStore::connect(SledConfig::new(dir.path().join("kv-lazy")).flush(false))
-        .await
-        .unwrap();
+    let open = |config| async { Arc::new(SledStore::connect(config).await.unwrap()) };
+    let durable = open(SledConfig::new(dir.path().join("kv"))).await;
+    let lazy = open(SledConfig::new(dir.path().join("kv-lazy")).with_flush(false)).await;
     let raw_dir = dir.path().join("raw");
     let raw = sled::Config::new()
         .path(&raw_dir)

@@ -15,7 +15,7 @@ async fn main() -> kv_core::Result<()> {
         .unwrap_or(2_000);
     for flush in [true, false] {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = SledStore::connect(SledConfig::new(dir.path()).flush(flush)).await?;
+        let store = SledStore::connect(SledConfig::new(dir.path()).with_flush(flush)).await?;
         let start = Instant::now();
         for i in 0..n {
             store

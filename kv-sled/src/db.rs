@@ -1,58 +1,19 @@
-//! The database shared by every handle of one path in this process: sled, versions, expiry,
-//! the reaper thread, the flusher thread, the watch hub and the lock table.
+//! The database shared by every handle of one path in this process: sled, versions, writes,
+//! and the threads (reaper, flusher, watch hub) and lock table every handle shares.
 
 use std::collections::HashMap;
 use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use kv_core::{Error, Result};
 
+use crate::error::{failed, io_err, map_err};
+use crate::expiry::{spawn_reaper, ReaperSignal, TOMBSTONE_GRACE_MS};
 use crate::flusher::Flusher;
 use crate::hub::{spawn_dispatcher, Hub};
-use crate::record::{expiry_key, now_ms, parse_expiry_key, Record};
-use crate::BACKEND;
-
-/// How long a tombstone stays before the reaper removes it physically (ms).
-pub(crate) const TOMBSTONE_GRACE_MS: u64 = 1_000;
-
-/// Maps one sled error to kv's error (the one mapping function of this driver).
-pub(crate) fn map_err(operation: &str, e: sled::Error) -> Error {
-    match e {
-        sled::Error::Io(io) => Error::backend(BACKEND, format!("{operation}: I/O error: {io}"), io),
-        other => Error::Backend {
-            retryable: false,
-            backend: BACKEND,
-            message: format!("{operation}: {other}"),
-            source: Some(Box::new(other)),
-        },
-    }
-}
-
-/// Wake-up signal of the reaper thread.
-#[derive(Default)]
-struct ReaperSignal {
-    dirty: Mutex<bool>,
-    cv: Condvar,
-}
-
-impl ReaperSignal {
-    fn wake(&self) {
-        *self.dirty.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        self.cv.notify_all();
-    }
-
-    fn wait(&self, timeout: Duration) {
-        let guard = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
-        let (mut guard, _) = self
-            .cv
-            .wait_timeout_while(guard, timeout, |dirty| !*dirty)
-            .unwrap_or_else(|e| e.into_inner());
-        *guard = false;
-    }
-}
+use crate::record::{now_ms, Record};
 
 /// What a write does once it has seen the current live record (`None`: absent or expired).
 pub(crate) enum Action {
@@ -78,8 +39,8 @@ pub(crate) struct Shared {
     /// Owns every flush of this database (group commit).
     pub flusher: Arc<Flusher>,
     pub hub: Arc<Hub>,
-    reaper: Arc<ReaperSignal>,
-    stop: Arc<AtomicBool>,
+    pub reaper: Arc<ReaperSignal>,
+    pub stop: Arc<AtomicBool>,
     /// Held locks: stored key → holder token.
     pub locks: Mutex<HashMap<Vec<u8>, u64>>,
     /// Woken whenever a lock table entry is freed.
@@ -124,7 +85,7 @@ pub(crate) async fn open(path: PathBuf) -> Result<Arc<Shared>> {
         let p = path.clone();
         let opened = tokio::task::spawn_blocking(move || open_shared(&p))
             .await
-            .map_err(|e| Error::backend(BACKEND, "the open task failed", e))??;
+            .map_err(|e| failed(format!("the open task failed: {e}")))??;
         match opened {
             Opened::Ready(shared) => return Ok(shared),
             Opened::Releasing(flusher) => flusher.released().await,
@@ -156,6 +117,7 @@ fn open_shared(path: &Path) -> Result<Opened> {
     let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
     if let Some(entry) = reg.get(&canonical) {
         if let Some(shared) = entry.shared.upgrade() {
+            tracing::debug!(backend = "sled", path = %canonical.display(), "joined the open database");
             return Ok(Opened::Ready(shared));
         }
         if !entry.flusher.is_released() {
@@ -192,7 +154,7 @@ fn open_shared(path: &Path) -> Result<Opened> {
     let hub = Arc::new(Hub::default());
     let stop = Arc::new(AtomicBool::new(false));
     spawn_dispatcher(hub.clone(), data.watch_prefix(vec![]))
-        .map_err(|e| Error::backend(BACKEND, "cannot start the watch thread", e))?;
+        .map_err(|e| io_err("cannot start the watch thread", e))?;
     let flusher = Flusher::start(db.clone(), &canonical)?;
     let shared = Arc::new(Shared {
         db: ManuallyDrop::new(db),
@@ -207,6 +169,7 @@ fn open_shared(path: &Path) -> Result<Opened> {
         handles: std::sync::atomic::AtomicUsize::new(0),
     });
     spawn_reaper(&shared)?;
+    tracing::debug!(backend = "sled", path = %canonical.display(), "database opened");
     reg.insert(
         canonical,
         Entry {
@@ -217,99 +180,13 @@ fn open_shared(path: &Path) -> Result<Opened> {
     Ok(Opened::Ready(shared))
 }
 
-fn spawn_reaper(shared: &Arc<Shared>) -> Result<()> {
-    let weak = Arc::downgrade(shared);
-    let signal = shared.reaper.clone();
-    let stop = shared.stop.clone();
-    std::thread::Builder::new()
-        .name("kv-sled-reaper".into())
-        .spawn(move || loop {
-            if stop.load(Ordering::Acquire) {
-                break;
-            }
-            let wait = match weak.upgrade() {
-                None => break,
-                Some(shared) => shared.reap_due().unwrap_or(Duration::from_millis(200)),
-            };
-            signal.wait(wait.min(Duration::from_secs(1)));
-        })
-        .map(|_| ())
-        .map_err(|e| Error::backend(BACKEND, "cannot start the reaper thread", e))
-}
-
 impl Shared {
-    /// Processes every due expiry entry; returns how long to sleep until the next one.
-    fn reap_due(&self) -> Result<Duration> {
-        loop {
-            let Some(entry) = self.expiry.iter().next() else {
-                return Ok(Duration::from_secs(1));
-            };
-            let (ikey, _) = entry.map_err(|e| map_err("reap", e))?;
-            let Some((due, skey)) = parse_expiry_key(&ikey) else {
-                self.expiry.remove(&ikey).map_err(|e| map_err("reap", e))?;
-                continue;
-            };
-            let now = now_ms();
-            if due > now {
-                return Ok(Duration::from_millis(due - now));
-            }
-            self.reap_key(skey, now)?;
-            self.expiry.remove(&ikey).map_err(|e| map_err("reap", e))?;
-        }
-    }
-
-    /// Expires or removes one stored key if it is due; CAS so a newer write always wins.
-    fn reap_key(&self, skey: &[u8], now: u64) -> Result<()> {
-        loop {
-            let Some(cur) = self.data.get(skey).map_err(|e| map_err("reap", e))? else {
-                return Ok(());
-            };
-            let Ok(rec) = Record::decode(&cur) else {
-                return Ok(());
-            };
-            let new = if rec.tombstone {
-                if rec.expires_at > now {
-                    return Ok(());
-                }
-                None
-            } else if rec.expires_at != 0 && rec.expires_at <= now {
-                let remove_after = now + TOMBSTONE_GRACE_MS;
-                self.index_expiry(remove_after, skey)?;
-                Some(Record::tombstone(self.new_version()?, remove_after).encode())
-            } else {
-                return Ok(());
-            };
-            match self
-                .data
-                .compare_and_swap(skey, Some(&cur), new)
-                .map_err(|e| map_err("reap", e))?
-            {
-                Ok(()) => return Ok(()),
-                Err(_) => continue,
-            }
-        }
-    }
-
     /// A fresh version: larger than every version handed out before (also across restarts).
     pub fn new_version(&self) -> Result<u64> {
         self.db
             .generate_id()
             .map(|id| id + 1)
             .map_err(|e| map_err("generate version", e))
-    }
-
-    /// Adds an expiry index entry (written before its record) and wakes the reaper.
-    pub fn index_expiry(&self, due: u64, skey: &[u8]) -> Result<()> {
-        self.expiry
-            .insert(expiry_key(due, skey), &[])
-            .map_err(|e| map_err("index expiry", e))?;
-        self.reaper.wake();
-        Ok(())
-    }
-
-    /// Wakes the reaper (after a transaction added index entries).
-    pub fn wake_reaper(&self) {
-        self.reaper.wake();
     }
 
     /// The live record at `skey`, if any.

@@ -20,8 +20,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use kv_core::{Error, Result};
 
-use crate::db::map_err;
-use crate::BACKEND;
+use crate::error::{failed, io_err, map_err};
 
 /// How often an idle flusher syncs blob files written by `flush=false` writes.
 const BLOB_SWEEP: std::time::Duration = std::time::Duration::from_millis(500);
@@ -71,7 +70,7 @@ impl Flusher {
         std::thread::Builder::new()
             .name("kv-sled-flusher".into())
             .spawn(move || me.run(db, files))
-            .map_err(|e| Error::backend(BACKEND, "cannot start the flusher thread", e))?;
+            .map_err(|e| io_err("cannot start the flusher thread", e))?;
         Ok(flusher)
     }
 
@@ -93,12 +92,7 @@ impl Flusher {
             .clone();
         match round.error {
             None => Ok(()),
-            Some(e) => Err(Error::Backend {
-                retryable: false,
-                backend: BACKEND,
-                message: format!("flush to stable storage failed: {e}"),
-                source: None,
-            }),
+            Some(e) => Err(failed(format!("flush to stable storage failed: {e}"))),
         }
     }
 
@@ -231,8 +225,4 @@ fn sync_path(path: &Path) -> Result<()> {
     File::open(path)
         .and_then(|f| f.sync_all())
         .map_err(|e| io_err(&format!("fsync {}", path.display()), e))
-}
-
-fn io_err(what: &str, e: std::io::Error) -> Error {
-    Error::backend(BACKEND, format!("{what}: {e}"), e)
 }

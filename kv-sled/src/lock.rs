@@ -1,16 +1,21 @@
-//! Locks: an in-process lock table per database, the lock key written as a TTL record, and a
-//! holder task that renews the expiry and watches the key for loss.
+//! Locks: acquisition (an in-process lock table per database, then the lock key written as a
+//! TTL record), a holder task that renews the expiry and watches the key for loss, release.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use kv_core::lock::LostNotifier;
-use kv_core::{async_trait, Result};
+use kv_core::lock::{lost_signal, LostNotifier};
+use kv_core::raw::HeldLocks;
+use kv_core::retry::timed;
+use kv_core::{async_trait, Error, Lock, LockOptions, Result};
 
 use crate::db::{Action, Shared};
+use crate::expiry::ttl_ms;
 use crate::hub::Subscription;
 use crate::record::{now_ms, Record};
+use crate::store::SledDriver;
+use crate::BACKEND;
 
 static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
 
@@ -73,10 +78,11 @@ impl Held {
     }
 }
 
-/// The set of locks a store handle holds (released by `close`).
-pub(crate) type HeldSet = Mutex<std::collections::HashMap<u64, Arc<Held>>>;
-
 /// Removes a half-taken lock when an acquisition is abandoned (future dropped or failed).
+///
+/// The clean-up is local and synchronous (a compare-and-swap on the in-process database and
+/// the lock table), so it runs in `drop` itself: unlike a `CleanupGuard`'s background task it
+/// needs no runtime and is done before the next waiter looks.
 pub(crate) struct Acquiring {
     pub shared: Arc<Shared>,
     pub skey: Vec<u8>,
@@ -100,6 +106,95 @@ impl Drop for Acquiring {
         }
         self.shared.free_lock(&self.skey, self.token);
     }
+}
+
+/// Waits for and takes the lock at normalized `key` (the store's `new_lock`).
+pub(crate) async fn acquire(driver: &SledDriver, key: &str, options: LockOptions) -> Result<Lock> {
+    let shared = driver.shared()?;
+    let life = driver.life();
+    let skey = driver.skey(key);
+    let token = new_token();
+    // 1. Wait for the lock table entry (in-process exclusion among all handles).
+    loop {
+        let freed = shared.lock_freed.notified();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        {
+            let mut t = shared.locks.lock().unwrap_or_else(|e| e.into_inner());
+            if let std::collections::hash_map::Entry::Vacant(v) = t.entry(skey.clone()) {
+                v.insert(token);
+                break;
+            }
+        }
+        tokio::select! {
+            _ = &mut freed => {}
+            _ = life.closed() => return Err(Error::Closed),
+        }
+    }
+    let mut guard = Acquiring {
+        shared: shared.clone(),
+        skey: skey.clone(),
+        token,
+        written: None,
+        armed: true,
+    };
+    // 2. Write the lock record once the key holds no live lock record (a leftover lease of
+    //    a crashed process frees itself at its expiry); a plain value is replaced.
+    let mut sub = shared.hub.key(&skey);
+    let record = loop {
+        let exp = now_ms() + ttl_ms(options.ttl);
+        let mut blocked_until = 0;
+        let written = shared.write(&skey, |live| match live {
+            Some(r) if r.lock => {
+                blocked_until = r.expires_at;
+                Ok(Action::Skip)
+            }
+            _ => Ok(Action::Put {
+                value: options.value.clone(),
+                expires_at: exp,
+                lock: true,
+            }),
+        })?;
+        if let Some(r) = written {
+            break r;
+        }
+        let wait = if blocked_until == 0 {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_millis(blocked_until.saturating_sub(now_ms()).clamp(1, 500))
+        };
+        tokio::select! {
+            _ = sub.rx.recv() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = life.closed() => return Err(Error::Closed),
+        }
+    };
+    guard.written = Some(record.version);
+    timed("lock", driver.config.timeout, driver.sync(&shared)).await?;
+    // Events older than our write are ignored by version, so the subscription carries over.
+    let (notifier, signal) = lost_signal(key.to_string());
+    let held = start(shared.clone(), skey, token, record, notifier, sub, &options);
+    guard.armed = false;
+    let id = driver.held.insert(held.clone());
+    if life.is_closed() {
+        // `close` may have drained the registry before the insert: give it up here.
+        driver.held.remove(id);
+        held.notifier.fire("the store was closed");
+        let _ = held.give_up(true);
+    }
+    let release = Release {
+        held,
+        owner: Arc::downgrade(&driver.held),
+        id,
+        flush: driver.config.flush,
+    };
+    Ok(Lock::new(
+        key.to_string(),
+        options.value,
+        release.held.version,
+        signal,
+        Box::new(release),
+    ))
 }
 
 /// Builds the held lock and starts its holder task.
@@ -143,7 +238,7 @@ async fn holder(
     ttl: Duration,
     keep_alive: bool,
 ) {
-    let ttl_ms = crate::ttl_ms(ttl);
+    let ttl_ms = ttl_ms(ttl);
     // Renew three times per TTL; renewal keeps the version (watchers see no change).
     let period = (ttl / 3).max(Duration::from_millis(1));
     let mut next_renew = tokio::time::Instant::now() + period;
@@ -164,6 +259,7 @@ async fn holder(
         match ev {
             Ev::Stop => return,
             Ev::Change(None) => {
+                tracing::debug!(backend = BACKEND, "lock given up: the database was closed");
                 held.notifier.fire("the database was closed");
                 let _ = held.give_up(false);
                 return;
@@ -182,6 +278,7 @@ async fn holder(
                 } else {
                     "the lock key was deleted by another caller"
                 };
+                tracing::info!(backend = BACKEND, reason, "lock lost");
                 held.notifier.fire(reason);
                 let _ = held.give_up(false);
                 return;
@@ -202,6 +299,7 @@ async fn holder(
                     Ok(false) => {
                         if let Ok(None) = shared.read_live(&held.skey) {
                             if now_ms() >= record.expires_at {
+                                tracing::info!(backend = BACKEND, "lock lost: it expired");
                                 held.notifier
                                     .fire("the lock expired (its TTL passed without renewal)");
                                 let _ = held.give_up(false);
@@ -210,6 +308,7 @@ async fn holder(
                         }
                     }
                     Err(e) => {
+                        tracing::info!(backend = BACKEND, error = %e, "lock lost: renewal failed");
                         held.notifier.fire(format!("renewing the lock failed: {e}"));
                         let _ = held.give_up(true);
                         return;
@@ -223,7 +322,9 @@ async fn holder(
 /// `LockRelease` for a sled lock.
 pub(crate) struct Release {
     pub held: Arc<Held>,
-    pub owner: Weak<HeldSet>,
+    /// The registry of the store handle that took it, and the lock's id there.
+    pub owner: Weak<HeldLocks<Arc<Held>>>,
+    pub id: u64,
     pub flush: bool,
 }
 
@@ -231,9 +332,7 @@ pub(crate) struct Release {
 impl kv_core::LockRelease for Release {
     async fn release(self: Box<Self>) -> Result<()> {
         if let Some(set) = self.owner.upgrade() {
-            set.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&self.held.token);
+            set.remove(self.id);
         }
         let was_released = self.held.is_released();
         self.held.give_up(true)?;

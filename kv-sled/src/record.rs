@@ -7,7 +7,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use kv_core::{Error, Result};
+use kv_core::Result;
+
+use crate::error::failed;
 
 /// Bytes before the value.
 pub(crate) const HEADER: usize = 17;
@@ -65,24 +67,16 @@ impl Record {
 
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         if bytes.len() < HEADER {
-            return Err(Error::Backend {
-                retryable: false,
-                backend: crate::BACKEND,
-                message: format!(
-                    "corrupt record: {} bytes, shorter than the {HEADER}-byte header",
-                    bytes.len()
-                ),
-                source: None,
-            });
+            return Err(failed(format!(
+                "corrupt record: {} bytes, shorter than the {HEADER}-byte header",
+                bytes.len()
+            )));
         }
         let flags = bytes[16];
         if flags & !(FLAG_TOMBSTONE | FLAG_LOCK) != 0 {
-            return Err(Error::Backend {
-                retryable: false,
-                backend: crate::BACKEND,
-                message: format!("corrupt record: unknown flags {flags:#04x}"),
-                source: None,
-            });
+            return Err(failed(format!(
+                "corrupt record: unknown flags {flags:#04x}"
+            )));
         }
         Ok(Record {
             version: u64::from_be_bytes(bytes[0..8].try_into().expect("8 bytes")),
@@ -126,6 +120,7 @@ pub(crate) fn parse_expiry_key(k: &[u8]) -> Option<(u64, &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kv_core::Error;
 
     #[test]
     fn round_trip() {

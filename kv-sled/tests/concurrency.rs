@@ -13,15 +13,17 @@ use kv_sled::{SledConfig, SledStore};
 /// Bound on one repetition: far above what it takes (well under a second), far below "forever".
 const REP_DEADLINE: Duration = Duration::from_secs(60);
 
-async fn handles(path: &std::path::Path, n: usize) -> Vec<SledStore> {
+async fn handles(path: &std::path::Path, n: usize) -> Vec<Arc<SledStore>> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        out.push(SledStore::connect(SledConfig::new(path)).await.unwrap());
+        out.push(Arc::new(
+            SledStore::connect(SledConfig::new(path)).await.unwrap(),
+        ));
     }
     out
 }
 
-async fn close_all(stores: Vec<SledStore>) {
+async fn close_all(stores: Vec<Arc<SledStore>>) {
     for s in stores {
         tokio::time::timeout(REP_DEADLINE, s.close())
             .await
@@ -221,8 +223,11 @@ async fn close_is_bounded_while_writers_run() {
     let timeout = Duration::from_secs(5);
     for rep in 0..6 {
         let dir = kv_testkit::temp_dir(&format!("sled-close-{rep}"));
-        let open = || SledStore::connect(SledConfig::new(dir.path()).timeout(timeout));
-        let (a, b) = (open().await.unwrap(), open().await.unwrap());
+        let open = || SledStore::connect(SledConfig::new(dir.path()).with_timeout(timeout));
+        let (a, b) = (
+            Arc::new(open().await.unwrap()),
+            Arc::new(open().await.unwrap()),
+        );
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         // 8 writers on each handle; each records the keys whose put returned Ok.
         let writers: Vec<_> = (0..16)

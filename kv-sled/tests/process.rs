@@ -67,7 +67,8 @@ fn kill(child: &mut Child) {
 async fn child_entry() {
     let mode = std::env::var(CHILD_MODE).expect("started as a child");
     let path = std::env::var(CHILD_PATH).unwrap();
-    let store = SledStore::connect(SledConfig::new(&path)).await.unwrap();
+    // Shared by the writer tasks below (the store is not `Clone`).
+    let store = std::sync::Arc::new(SledStore::connect(SledConfig::new(&path)).await.unwrap());
     let mut stdout = std::io::stdout();
     match mode.as_str() {
         "writer" => {
@@ -182,7 +183,7 @@ async fn child_entry() {
         }
         "strace-noflush" => {
             store.close().await.unwrap();
-            let store = SledStore::connect(SledConfig::new(&path).flush(false))
+            let store = SledStore::connect(SledConfig::new(&path).with_flush(false))
                 .await
                 .unwrap();
             for i in 0..STRACE_WRITES {

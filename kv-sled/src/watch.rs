@@ -1,0 +1,206 @@
+//! Watches: a [`Feed`] per watch on kv-core's watch engine, fed by the database's hub.
+//!
+//! `read` returns the current pairs, and the highest version it read as the cursor; `next`
+//! waits for the hub to hand over the next changes and returns them as events carrying the
+//! record's version. The hub delivers changes of different keys in sled's order, which need not
+//! be version order, so a feed drops a change only if it is not newer than the last version it
+//! saw *of that key* (a write the initial read already saw, or a lock renewal, which keeps the
+//! version). The feed holds the database only weakly: closing its last handle ends the hub's
+//! channels, and the watch with [`Error::Closed`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+use kv_core::raw::{watch_key, watch_tree, Event, Feed, Namespace, Update};
+use kv_core::{async_trait, Error, KvPair, Result, TreeWatchStream, WatchStream};
+
+use crate::db::Shared;
+use crate::error::map_err;
+use crate::hub::{Change, Subscription};
+use crate::record::{now_ms, Record};
+use crate::store::SledDriver;
+use crate::BACKEND;
+
+/// Most changes taken from the hub per `next` call.
+const BATCH: usize = 256;
+
+/// What one watch follows.
+enum Scope {
+    /// One key: its user key, stored key and the last version seen of it.
+    Key {
+        key: String,
+        skey: Vec<u8>,
+        last: u64,
+    },
+    /// A subtree: its stored-key start and the last version seen of each stored key.
+    Tree {
+        start: Vec<u8>,
+        last: HashMap<Vec<u8>, u64>,
+    },
+}
+
+/// The feed of one watch.
+struct SledFeed {
+    shared: Weak<Shared>,
+    namespace: Namespace,
+    sub: Subscription,
+    scope: Scope,
+    /// An error met in a batch that also had events, reported by the next `next`.
+    deferred: Option<Error>,
+}
+
+impl SledFeed {
+    /// Subscribes before anything is read: every later change then arrives through `sub`.
+    fn new(driver: &SledDriver, shared: &Arc<Shared>, scope: Scope) -> Self {
+        let sub = match &scope {
+            Scope::Key { skey, .. } => shared.hub.key(skey),
+            Scope::Tree { start, .. } => shared.hub.prefix(start),
+        };
+        SledFeed {
+            shared: Arc::downgrade(shared),
+            namespace: driver.namespace_map().clone(),
+            sub,
+            scope,
+            deferred: None,
+        }
+    }
+
+    /// The event of one change, or `None` if it is not newer than what this watch saw.
+    fn event(&mut self, (skey, bytes): Change) -> Result<Option<Event>> {
+        let rec = Record::decode(&bytes)?;
+        let (key, last) = match &mut self.scope {
+            Scope::Key { key, last, .. } => (key.clone(), last),
+            Scope::Tree { last, .. } => {
+                let Some(key) = std::str::from_utf8(&skey)
+                    .ok()
+                    .and_then(|s| self.namespace.user_key(s))
+                else {
+                    return Ok(None);
+                };
+                (key, last.entry(skey.to_vec()).or_insert(0))
+            }
+        };
+        if rec.version <= *last {
+            return Ok(None);
+        }
+        *last = rec.version;
+        Ok(Some(if rec.is_live(now_ms()) {
+            Event::Put(KvPair::new(key, rec.value, rec.version))
+        } else {
+            Event::Delete {
+                key,
+                version: rec.version,
+            }
+        }))
+    }
+}
+
+#[async_trait]
+impl Feed for SledFeed {
+    async fn read(&mut self) -> Result<(Vec<KvPair>, u64)> {
+        let shared = self.shared.upgrade().ok_or(Error::Closed)?;
+        let now = now_ms();
+        let mut pairs = Vec::new();
+        let mut cursor = 0;
+        match &mut self.scope {
+            Scope::Key { key, skey, last } => {
+                if let Some(b) = shared.data.get(&*skey).map_err(|e| map_err("watch", e))? {
+                    let r = Record::decode(&b)?;
+                    *last = (*last).max(r.version);
+                    cursor = r.version;
+                    if r.is_live(now) {
+                        pairs.push(KvPair::new(key.clone(), r.value, r.version));
+                    }
+                }
+            }
+            Scope::Tree { start, last } => {
+                for item in shared.data.scan_prefix(&*start) {
+                    let (k, v) = item.map_err(|e| map_err("watch_tree", e))?;
+                    let Some(key) = std::str::from_utf8(&k)
+                        .ok()
+                        .and_then(|s| self.namespace.user_key(s))
+                    else {
+                        continue;
+                    };
+                    let r = Record::decode(&v)?;
+                    let seen = last.entry(k.to_vec()).or_insert(0);
+                    *seen = (*seen).max(r.version);
+                    cursor = cursor.max(r.version);
+                    if r.is_live(now) {
+                        pairs.push(KvPair::new(key, r.value, r.version));
+                    }
+                }
+            }
+        }
+        Ok((pairs, cursor))
+    }
+
+    async fn next(&mut self, cursor: u64) -> Result<Update> {
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
+        let mut events = Vec::new();
+        let mut cursor = cursor;
+        while events.is_empty() {
+            // `recv` is cancel-safe: the engine drops this future when the stream is dropped.
+            let first = self.sub.rx.recv().await.ok_or(Error::Closed)?;
+            let mut batch = vec![first];
+            while batch.len() < BATCH {
+                match self.sub.rx.try_recv() {
+                    Ok(c) => batch.push(c),
+                    Err(_) => break,
+                }
+            }
+            for change in batch {
+                match self.event(change) {
+                    Ok(Some(ev)) => {
+                        cursor = cursor.max(version(&ev));
+                        events.push(ev);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.deferred.get_or_insert(e);
+                    }
+                }
+            }
+            if events.is_empty() {
+                if let Some(e) = self.deferred.take() {
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Update::Events(events, cursor))
+    }
+}
+
+fn version(ev: &Event) -> u64 {
+    match ev {
+        Event::Put(p) => p.version,
+        Event::Delete { version, .. } => *version,
+    }
+}
+
+/// Watches the normalized `key`.
+pub(crate) async fn key(driver: &SledDriver, key: &str) -> Result<WatchStream> {
+    let shared = driver.shared()?;
+    let scope = Scope::Key {
+        key: key.to_string(),
+        skey: driver.skey(key),
+        last: 0,
+    };
+    let feed = SledFeed::new(driver, &shared, scope);
+    drop(shared);
+    watch_key(BACKEND, driver.life().clone(), key.to_string(), feed).await
+}
+
+/// Watches the subtree of the normalized `prefix`.
+pub(crate) async fn tree(driver: &SledDriver, prefix: &str) -> Result<TreeWatchStream> {
+    let shared = driver.shared()?;
+    let scope = Scope::Tree {
+        start: driver.subtree(prefix),
+        last: HashMap::new(),
+    };
+    let feed = SledFeed::new(driver, &shared, scope);
+    drop(shared);
+    watch_tree(BACKEND, driver.life().clone(), prefix.to_string(), feed).await
+}
