@@ -8,7 +8,7 @@ use kv_testkit::zookeeper::ZkServer;
 use kv_zookeeper::{ZkConfig, ZkStore};
 
 async fn store(ep: &str, ns: &str) -> ZkStore {
-    ZkStore::connect(ZkConfig::new(ep).namespace(ns))
+    ZkStore::connect(ZkConfig::new([ep]).with_namespace(ns))
         .await
         .unwrap()
 }
