@@ -1,6 +1,5 @@
 //! Locks: the ephemeral-sequential recipe, the lock value as an ephemeral znode at the key.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -25,7 +24,6 @@ pub(crate) struct Held {
     mzxid: i64,
     pub notifier: LostNotifier,
     client: Mutex<Option<Arc<Client>>>,
-    released: AtomicBool,
     /// Closed when the lock is released or lost: stops the monitor.
     stop: Lifecycle,
     inner: Weak<Inner>,
@@ -34,7 +32,6 @@ pub(crate) struct Held {
 impl Held {
     /// Stops monitoring and removes the lock value (if still ours) and the contender node.
     pub async fn release_nodes(&self) {
-        self.released.store(true, Ordering::SeqCst);
         self.stop.close();
         if let (Some(inner), Some(id)) = (self.inner.upgrade(), self.id.get()) {
             inner.locks.remove(*id);
@@ -54,7 +51,7 @@ impl Held {
     }
 
     async fn lose(&self, reason: &str) {
-        if self.released.load(Ordering::SeqCst) {
+        if self.stop.is_closed() {
             return;
         }
         tracing::info!(backend = crate::BACKEND, lock = %self.path, reason, "lock lost");
@@ -325,7 +322,6 @@ pub async fn new_lock(inner: Arc<Inner>, key: String, options: LockOptions) -> R
             mzxid: stat.mzxid,
             notifier,
             client: Mutex::new(Some(c.clone())),
-            released: AtomicBool::new(false),
             stop: Lifecycle::new(),
             inner: Arc::downgrade(&inner),
         });

@@ -303,6 +303,12 @@ async fn digest_auth() {
         .await
         .unwrap();
     alice.put("k", b"v", PutOptions::default()).await.unwrap();
+    // The store (and its config) never print the password.
+    let shown = format!("{alice:?} {:?}", alice.config());
+    assert!(
+        shown.contains("alice") && !shown.contains("s3cret"),
+        "{shown}"
+    );
     // Right credentials (another session, digest= form).
     let again = ZkStore::from_url(&format!("zk://{ep}/secure?digest=alice:s3cret"))
         .await
