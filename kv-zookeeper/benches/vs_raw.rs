@@ -115,7 +115,7 @@ async fn main() {
         return;
     };
     let store = Arc::new(
-        ZkStore::connect(ZkConfig::new(&ep).namespace("/bench-kv"))
+        ZkStore::connect(ZkConfig::new([&ep]).with_namespace("/bench-kv"))
             .await
             .unwrap(),
     );

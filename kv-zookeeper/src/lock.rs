@@ -1,42 +1,40 @@
 //! Locks: the ephemeral-sequential recipe, the lock value as an ephemeral znode at the key.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use kv_core::lock::{lost_signal, LostNotifier};
-use kv_core::{async_trait, Error, Lock, LockOptions, LockRelease, Result};
+use kv_core::raw::{lost_signal, CleanupGuard, Lifecycle, LockRelease, LostNotifier};
+use kv_core::{async_trait, Error, Lock, LockOptions, Result};
 use tokio::sync::watch as tokio_watch;
-use tokio::time::Instant;
 use zookeeper_client as zk;
-use zookeeper_client::{AddWatchMode, Client, CreateMode, EventType, SessionState};
+use zookeeper_client::{Client, CreateMode, EventType};
 
-use crate::{codec, Inner, LOCKS_DIR};
+use crate::inner::Conn;
+use crate::node::fix_stat;
+use crate::{codec, Inner};
+
+mod monitor;
 
 /// A held lock, shared by its [`Lock`] handle, its monitor task and the store's registry.
 pub(crate) struct Held {
-    id: u64,
+    /// Its id in the store's [`HeldLocks`](kv_core::raw::HeldLocks).
+    id: OnceLock<u64>,
     path: String,
     contender: String,
     mzxid: i64,
     pub notifier: LostNotifier,
     client: Mutex<Option<Arc<Client>>>,
-    released: AtomicBool,
-    stop: tokio_watch::Sender<bool>,
+    /// Closed when the lock is released or lost: stops the monitor.
+    stop: Lifecycle,
     inner: Weak<Inner>,
 }
 
 impl Held {
     /// Stops monitoring and removes the lock value (if still ours) and the contender node.
     pub async fn release_nodes(&self) {
-        self.released.store(true, Ordering::SeqCst);
-        self.stop.send_replace(true);
-        if let Some(inner) = self.inner.upgrade() {
-            inner
-                .locks
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&self.id);
+        self.stop.close();
+        if let (Some(inner), Some(id)) = (self.inner.upgrade(), self.id.get()) {
+            inner.locks.remove(*id);
         }
         let client = self.client.lock().unwrap_or_else(|e| e.into_inner()).take();
         let Some(c) = client else { return };
@@ -53,9 +51,10 @@ impl Held {
     }
 
     async fn lose(&self, reason: &str) {
-        if self.released.load(Ordering::SeqCst) {
+        if self.stop.is_closed() {
             return;
         }
+        tracing::info!(backend = crate::BACKEND, lock = %self.path, reason, "lock lost");
         self.notifier.fire(reason);
         self.release_nodes().await;
     }
@@ -74,37 +73,24 @@ impl LockRelease for Release {
     }
 }
 
-/// Removes an abandoned contender node (dropped `new_lock` future).
-struct Guard {
-    client: Option<Arc<Client>>,
-    path: String,
-    /// Set once the lock is ours and its value is being written: an abandoned attempt
-    /// then also removes a value znode this session created.
+/// Removes an abandoned attempt's contender node (dropped or failed `new_lock`), and, once the
+/// lock value is being written, the value znode this session created.
+fn abandon(
+    timeout: Duration,
+    c: Arc<Client>,
+    contender: String,
     value: Option<String>,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Some(c) = self.client.take() {
-            let path = std::mem::take(&mut self.path);
-            let value = self.value.take();
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-                        if let Some(v) = value {
-                            if let Ok(Some(st)) = c.check_stat(&v).await {
-                                if st.ephemeral_owner == c.session_id().0 {
-                                    let _ = c.delete(&v, Some(st.version)).await;
-                                }
-                            }
-                        }
-                        let _ = c.delete(&path, None).await;
-                    })
-                    .await;
-                });
+) -> CleanupGuard {
+    CleanupGuard::new("remove an abandoned lock attempt", timeout, async move {
+        if let Some(v) = value {
+            if let Ok(Some(st)) = c.check_stat(&v).await {
+                if st.ephemeral_owner == c.session_id().0 {
+                    let _ = c.delete(&v, Some(st.version)).await;
+                }
             }
         }
-    }
+        let _ = c.delete(&contender, None).await;
+    })
 }
 
 async fn create_contender(inner: &Inner, c: &Client, dir: &str, key: &str) -> Result<String> {
@@ -152,12 +138,11 @@ async fn wait_turn(
     key: &str,
 ) -> std::result::Result<(), Turn> {
     let mut conn_rx = inner.conn.subscribe();
-    let mut closed_rx = inner.closed.subscribe();
     let my_name = me.rsplit('/').next().unwrap_or_default().to_string();
     let mut backoff =
         kv_core::retry::Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     loop {
-        if inner.is_closed.load(Ordering::SeqCst) {
+        if inner.life.is_closed() {
             return Err(Turn::Fail(Error::Closed));
         }
         if conn_rx.borrow().as_ref().map(|x| x.gen) != Some(gen) {
@@ -171,7 +156,7 @@ async fn wait_turn(
                 continue;
             }
             Ok(Err(zk::Error::SessionExpired | zk::Error::SessionMoved)) => {
-                wait_new_session(&mut conn_rx, &mut closed_rx, gen).await?;
+                wait_new_session(inner, &mut conn_rx, gen).await?;
                 return Err(Turn::Restart);
             }
             Ok(Err(e)) => return Err(Turn::Fail(inner.err(e, key))),
@@ -198,15 +183,15 @@ async fn wait_turn(
                         terminal = ev.event_type == EventType::Session && ev.session_state.is_terminated();
                     }
                     _ = conn_rx.changed() => {}
-                    _ = wait_true(&mut closed_rx) => return Err(Turn::Fail(Error::Closed)),
+                    _ = inner.life.closed() => return Err(Turn::Fail(Error::Closed)),
                 }
                 if terminal {
-                    wait_new_session(&mut conn_rx, &mut closed_rx, gen).await?;
+                    wait_new_session(inner, &mut conn_rx, gen).await?;
                     return Err(Turn::Restart);
                 }
             }
             Ok(Err(zk::Error::SessionExpired | zk::Error::SessionMoved)) => {
-                wait_new_session(&mut conn_rx, &mut closed_rx, gen).await?;
+                wait_new_session(inner, &mut conn_rx, gen).await?;
                 return Err(Turn::Restart);
             }
             Ok(Err(zk::Error::ConnectionLoss)) | Err(_) => backoff.wait().await,
@@ -216,15 +201,15 @@ async fn wait_turn(
 }
 
 async fn wait_new_session(
-    conn_rx: &mut tokio_watch::Receiver<Option<crate::Conn>>,
-    closed_rx: &mut tokio_watch::Receiver<bool>,
+    inner: &Inner,
+    conn_rx: &mut tokio_watch::Receiver<Option<Conn>>,
     gen: u64,
 ) -> std::result::Result<(), Turn> {
     tokio::select! {
         ok = async { conn_rx.wait_for(|c| c.as_ref().map(|x| x.gen) != Some(gen)).await.map(|v| v.is_some()).unwrap_or(false) } => {
             if ok { Ok(()) } else { Err(Turn::Fail(Error::Closed)) }
         }
-        _ = wait_true(closed_rx) => Err(Turn::Fail(Error::Closed)),
+        _ = inner.life.closed() => Err(Turn::Fail(Error::Closed)),
     }
 }
 
@@ -241,11 +226,7 @@ async fn write_value(
     let eph = CreateMode::Ephemeral.with_acls(inner.acls());
     for _ in 0..20 {
         match c.create(path, &data, &eph).await {
-            Ok((stat, _)) => {
-                return Inner::fix_stat(c, path, stat)
-                    .await
-                    .map_err(|e| inner.err(e, key))
-            }
+            Ok((stat, _)) => return fix_stat(c, path, stat).await.map_err(|e| inner.err(e, key)),
             Err(zk::Error::NoNode) => inner
                 .make_parents(c, path)
                 .await
@@ -287,14 +268,10 @@ async fn write_value(
 
 pub async fn new_lock(inner: Arc<Inner>, key: String, options: LockOptions) -> Result<Lock> {
     let path = inner.path(&key);
-    let dir = format!(
-        "{}/{LOCKS_DIR}/{}",
-        inner.base,
-        codec::escape_path(&key, true)
-    );
+    let dir = inner.lock_dir(&key);
+    let timeout = inner.cfg.timeout;
     let mut backoff =
         kv_core::retry::Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-    let mut closed_rx = inner.closed.subscribe();
     let mut conn_rx = inner.conn.subscribe();
     loop {
         let conn = inner.conn()?;
@@ -302,15 +279,18 @@ pub async fn new_lock(inner: Arc<Inner>, key: String, options: LockOptions) -> R
             // Wait for the store's next session.
             tokio::select! {
                 _ = conn_rx.changed() => {},
-                _ = wait_true(&mut closed_rx) => return Err(Error::Closed),
+                _ = inner.life.closed() => return Err(Error::Closed),
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {},
             }
             continue;
         }
         let c = conn.client.clone();
-        let contender = match inner
-            .timed("new_lock", create_contender(&inner, &c, &dir, &key))
-            .await
+        let contender = match kv_core::retry::timed(
+            "new_lock",
+            timeout,
+            create_contender(&inner, &c, &dir, &key),
+        )
+        .await
         {
             Ok(p) => p,
             Err(e) if e.is_transient() => {
@@ -319,165 +299,57 @@ pub async fn new_lock(inner: Arc<Inner>, key: String, options: LockOptions) -> R
             }
             Err(e) => return Err(e),
         };
-        let mut guard = Guard {
-            client: Some(c.clone()),
-            path: contender.clone(),
-            value: None,
-        };
+        let waiting = abandon(timeout, c.clone(), contender.clone(), None);
         match wait_turn(&inner, &c, conn.gen, &dir, &contender, &key).await {
             Ok(()) => {}
             Err(Turn::Restart) => continue,
             Err(Turn::Fail(e)) => return Err(e),
         }
-        guard.value = Some(path.clone());
-        let stat = inner
-            .timed(
-                "new_lock",
-                write_value(&inner, &c, &key, &path, &options.value),
-            )
-            .await?;
-        guard.client = None;
-        let id = inner.next_id.fetch_add(1, Ordering::SeqCst);
+        waiting.disarm();
+        let writing = abandon(timeout, c.clone(), contender.clone(), Some(path.clone()));
+        let stat = kv_core::retry::timed(
+            "new_lock",
+            timeout,
+            write_value(&inner, &c, &key, &path, &options.value),
+        )
+        .await?;
+        writing.disarm();
         let (notifier, signal) = lost_signal(key.clone());
-        let (stop, stop_rx) = tokio_watch::channel(false);
         let held = Arc::new(Held {
-            id,
+            id: OnceLock::new(),
             path: path.clone(),
             contender,
             mzxid: stat.mzxid,
             notifier,
             client: Mutex::new(Some(c.clone())),
-            released: AtomicBool::new(false),
-            stop,
+            stop: Lifecycle::new(),
             inner: Arc::downgrade(&inner),
         });
-        inner
-            .locks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, held.clone());
+        let _ = held.id.set(inner.locks.insert(held.clone()));
+        if inner.life.is_closed() {
+            // Closed while the value was written: `close` may have drained the registry
+            // before this lock was in it.
+            held.notifier.fire("the store was closed");
+            let _ = tokio::time::timeout(timeout, held.release_nodes()).await;
+            return Err(Error::Closed);
+        }
         let lease = (!options.keep_alive).then_some(options.ttl);
-        tokio::spawn(monitor(
-            held.clone(),
-            inner.clone(),
-            c,
-            conn.gen,
-            lease,
-            stop_rx,
-        ));
+        monitor::spawn(held.clone(), &inner, c, conn.gen, lease);
         return Ok(Lock::new(
             key,
             options.value,
             stat.mzxid as u64,
             signal,
-            Box::new(Release {
-                held,
-                timeout: inner.cfg.timeout,
-            }),
+            Box::new(Release { held, timeout }),
         ));
     }
 }
 
-/// Resolves once the flag is `true` (or its sender is gone).
-pub(crate) async fn wait_true(rx: &mut tokio_watch::Receiver<bool>) {
-    let _ = rx.wait_for(|c| *c).await.is_ok();
-}
-
-async fn sleep_opt(d: Option<Instant>) {
-    match d {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Fires the lost signal when the value is deleted/overwritten, the session ends, or the lease ends.
-async fn monitor(
-    held: Arc<Held>,
-    inner: Arc<Inner>,
-    client: Arc<Client>,
-    gen: u64,
-    lease: Option<Duration>,
-    mut stop: tokio_watch::Receiver<bool>,
-) {
-    let lease_at = lease.map(|d| Instant::now() + d);
-    let mut conn_rx = inner.conn.subscribe();
-    let timeout = inner.cfg.timeout;
-    drop(inner);
-    let path = held.path.clone();
-    let mut pw: Option<zk::PersistentWatcher> = None;
-    let mut check = true;
-    loop {
-        if check {
-            check = false;
-            if pw.is_none() {
-                match tokio::time::timeout(
-                    timeout,
-                    client.watch(&path, AddWatchMode::PersistentRecursive),
-                )
-                .await
-                {
-                    Ok(Ok(w)) => pw = Some(w),
-                    Ok(Err(zk::Error::ConnectionLoss)) | Err(_) => {}
-                    Ok(Err(_)) => {
-                        held.lose("the ZooKeeper session behind the lock ended")
-                            .await;
-                        return;
-                    }
-                }
-            }
-            match tokio::time::timeout(timeout, client.check_stat(&path)).await {
-                Ok(Ok(Some(st))) if st.mzxid == held.mzxid => {}
-                Ok(Ok(_)) => {
-                    held.lose("the lock key was deleted or overwritten").await;
-                    return;
-                }
-                Ok(Err(zk::Error::ConnectionLoss)) | Err(_) => {}
-                Ok(Err(_)) => {
-                    held.lose("the ZooKeeper session behind the lock ended")
-                        .await;
-                    return;
-                }
-            }
-        }
-        let retry_at = if pw.is_none() {
-            Some(Instant::now() + Duration::from_millis(200))
-        } else {
-            None
-        };
-        tokio::select! {
-            _ = wait_true(&mut stop) => return,
-            ev = async { pw.as_mut().unwrap().changed().await }, if pw.is_some() => {
-                match ev.event_type {
-                    EventType::Session => match ev.session_state {
-                        SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
-                            // Persistent watches are not re-registered by the client after a
-                            // reconnect: add it again (the old one goes after).
-                            let old = pw.take();
-                            check = true;
-                            drop(old);
-                        }
-                        SessionState::Disconnected => {}
-                        _ => {
-                            held.lose("the ZooKeeper session behind the lock expired").await;
-                            return;
-                        }
-                    },
-                    _ if ev.path == path => check = true,
-                    _ => {}
-                }
-            }
-            _ = sleep_opt(retry_at) => check = true,
-            _ = sleep_opt(lease_at) => {
-                held.lose("the lock's ttl passed (keep_alive = false)").await;
-                return;
-            }
-            r = conn_rx.changed() => {
-                let changed = r.is_err() || conn_rx.borrow().as_ref().map(|c| c.gen) != Some(gen);
-                if changed {
-                    held.lose("the ZooKeeper session behind the lock expired").await;
-                    return;
-                }
-            }
-        }
+/// Releases every held lock (store closed): fires their lost signals and removes their
+/// znodes, each bounded by the store timeout.
+pub(crate) async fn release_all(inner: &Inner) {
+    for h in inner.locks.drain() {
+        h.notifier.fire("the store was closed");
+        let _ = tokio::time::timeout(inner.cfg.timeout, h.release_nodes()).await;
     }
 }

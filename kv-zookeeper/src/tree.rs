@@ -69,7 +69,7 @@ pub async fn list(
                         pairs.push(KvPair::new(key, v, stat.mzxid as u64));
                     }
                 }
-                Decoded::Expired => Inner::reap(client, path, &stat),
+                Decoded::Expired => inner.reap(client, path, &stat),
                 Decoded::NoValue => {}
             }
         }
@@ -119,11 +119,11 @@ pub async fn delete_tree(inner: &Inner, prefix: &str) -> Result<()> {
             }
         }
         if !retry {
-            inner.forget_below(&root);
+            inner.known.forget_below(&root);
             return Ok(());
         }
         if attempt >= 50 {
-            return Err(Error::backend(
+            return Err(Error::retryable_backend(
                 crate::BACKEND,
                 format!("delete_tree {prefix:?}: keys kept being added below it"),
                 zk::Error::NotEmpty,

@@ -7,6 +7,7 @@ use zookeeper_client as zk;
 use zookeeper_client::{MultiReadResult, MultiWriteError, MultiWriteResult, Stat};
 
 use crate::codec::{self, Decoded};
+use crate::node::after_sync;
 use crate::{Inner, BACKEND, MAX_VALUE_SIZE};
 
 enum State {
@@ -79,13 +80,9 @@ pub async fn run(inner: &Inner, txn: &Txn) -> Result<Vec<TxnResult>> {
         // would make a compare fail that holds.
         let sync = inner.sync_reads() || !txn.compares.is_empty() || !written.is_empty();
         let root = inner.prefix_path("");
-        let reads = match Inner::after_sync(&client, &root, sync, reader.commit()).await {
-            Ok(r) => r,
-            Err(e @ zk::Error::ConnectionLoss) => {
-                return Err(inner.err(e, ""));
-            }
-            Err(e) => return Err(inner.err(e, "")),
-        };
+        let reads = after_sync(&client, &root, sync, reader.commit())
+            .await
+            .map_err(|e| inner.err(e, ""))?;
         let now = codec::now_ms();
         let mut state: HashMap<&str, State> = HashMap::new();
         for (k, r) in keys.iter().zip(reads) {
@@ -258,17 +255,11 @@ pub async fn run(inner: &Inner, txn: &Txn) -> Result<Vec<TxnResult>> {
             }) => {}
             Err(MultiWriteError::OperationFailed { source, .. })
             | Err(MultiWriteError::RequestFailed { source }) => {
-                let ttl = txn
-                    .ops
-                    .iter()
-                    .any(|o| matches!(o, TxnOp::Put { options, .. } if options.ttl.is_some()));
-                if ttl && matches!(source, zk::Error::Unimplemented) {
-                    return Err(Error::unsupported(
-                        "TTL keys on this ZooKeeper server (enable TTL nodes with extendedTypesEnabled=true in zoo.cfg)",
-                        BACKEND,
-                    ));
-                }
-                return Err(inner.err(source, ""));
+                let ttl = txn.ops.iter().find_map(|o| match o {
+                    TxnOp::Put { options, .. } => options.ttl,
+                    _ => None,
+                });
+                return Err(inner.ttl_error(source, "", ttl));
             }
         }
         backoff.wait().await;

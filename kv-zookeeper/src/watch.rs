@@ -1,152 +1,105 @@
-//! `watch` and `watch_tree`: a persistent recursive watch per stream, re-read on events.
+//! `watch` and `watch_tree` as a [`Feed`] of kv-core's watch engine: one persistent recursive
+//! watch per stream on the key's or prefix's znode, and a re-read after each trigger.
+//!
+//! `read` arms the watch (if needed) and reads after a `sync` (linearizable reads); the cursor
+//! is the largest zxid read. `next` waits for the watch to fire (an event on the key's znode,
+//! anything below the prefix, a TTL expiry that is due, a reconnect, a new session) and returns
+//! the state read then ([`Update::State`]). A lost connection is an `Err` at once (the engine
+//! retries silently once) and then one `Err` per store timeout the outage lasts; after a
+//! reconnect the watch is added again (zookeeper-client 0.11 re-registers only one-shot watches)
+//! and the state re-read; a session expiry re-arms on the store's next session.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use kv_core::watch::{key_watch, tree_watch, KeyWatcher, TreeWatcher};
-use kv_core::{Error, KvPair, Result, TreeWatchStream, WatchStream};
+use kv_core::raw::{watch_key, watch_tree, Feed, Update};
+use kv_core::{async_trait, Error, KvPair, Result, TreeWatchStream, WatchStream};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use zookeeper_client as zk;
-use zookeeper_client::{AddWatchMode, EventType, PersistentWatcher, SessionState};
+use zookeeper_client::{AddWatchMode, Client, EventType, PersistentWatcher, SessionState};
 
-use crate::{codec, tree, Conn, Inner, Node};
+use crate::inner::{Conn, Inner};
+use crate::node::{after_sync, read_node_synced, Node};
+use crate::{codec, tree, BACKEND};
 
-/// What the watch task should do after an event.
+/// Starts a watch of one key.
+pub(crate) async fn key(inner: Arc<Inner>, key: String) -> Result<WatchStream> {
+    let path = inner.path(&key);
+    let life = inner.life.clone();
+    let feed = ZkFeed::new(inner, Target::Key(key.clone()), path);
+    watch_key(BACKEND, life, key, feed).await
+}
+
+/// Starts a watch of the subtree of `prefix`.
+pub(crate) async fn subtree(inner: Arc<Inner>, prefix: String) -> Result<TreeWatchStream> {
+    let path = inner.prefix_path(&prefix);
+    let life = inner.life.clone();
+    let feed = ZkFeed::new(inner, Target::Tree(prefix.clone()), path);
+    watch_tree(BACKEND, life, prefix, feed).await
+}
+
+enum Target {
+    Key(String),
+    Tree(String),
+}
+
+/// The watch on the current session.
+struct Armed {
+    gen: u64,
+    client: Arc<Client>,
+    pw: PersistentWatcher,
+}
+
+struct ZkFeed {
+    inner: Arc<Inner>,
+    target: Target,
+    /// The watched znode.
+    path: String,
+    armed: Option<Armed>,
+    /// When the earliest TTL among the pairs read is due.
+    expiry: Option<Instant>,
+    /// The connection is lost (a `Disconnected` event and no reconnect yet).
+    disconnected: bool,
+    /// A re-read is due (`Some(true)`: after a `sync`).
+    pending: Option<bool>,
+    conn_rx: watch::Receiver<Option<Conn>>,
+}
+
+/// What the watch saw.
 #[derive(Default)]
-struct Pending {
+struct Seen {
     reread: bool,
     disconnected: bool,
     connected: bool,
     terminal: bool,
 }
 
-fn classify(ev: &zk::WatchedEvent, only_path: Option<&str>, p: &mut Pending) {
-    match ev.event_type {
-        EventType::Session => match ev.session_state {
-            SessionState::Disconnected => p.disconnected = true,
-            SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
-                p.connected = true;
-                p.reread = true;
-            }
-            _ => p.terminal = true,
-        },
-        _ => {
-            if only_path.map_or(true, |o| o == ev.path) {
-                p.reread = true;
+impl Seen {
+    fn add(&mut self, ev: &zk::WatchedEvent, only_path: Option<&str>) {
+        match ev.event_type {
+            EventType::Session => match ev.session_state {
+                SessionState::Disconnected => self.disconnected = true,
+                SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
+                    self.connected = true
+                }
+                _ => self.terminal = true,
+            },
+            _ => {
+                if only_path.map_or(true, |o| o == ev.path) {
+                    self.reread = true;
+                }
             }
         }
     }
 }
 
-/// The part that differs between a key watch and a tree watch.
-trait Target: Send + 'static {
-    /// Reads the current state and emits it; returns the earliest TTL expiry (ms) seen.
-    fn read(
-        &mut self,
-        inner: &Inner,
-        client: &zk::Client,
-    ) -> impl std::future::Future<Output = std::result::Result<Option<i64>, zk::Error>> + Send;
-    fn error(&mut self, e: Error) -> bool;
-    fn is_closed(&self) -> bool;
-    fn closed(&self) -> impl std::future::Future<Output = ()> + Send;
-    /// `Some(path)` when only events on this exact path matter.
-    fn only_path(&self) -> Option<&str>;
-}
-
-struct KeyTarget {
-    key: String,
-    path: String,
-    w: KeyWatcher,
-}
-
-impl Target for KeyTarget {
-    async fn read(
-        &mut self,
-        _inner: &Inner,
-        client: &zk::Client,
-    ) -> std::result::Result<Option<i64>, zk::Error> {
-        let (state, exp) = match Inner::read_node(client, &self.path).await? {
-            Node::Value(v, stat, ttl) => (
-                Some(KvPair::new(self.key.clone(), v, stat.mzxid as u64)),
-                ttl.map(|t| stat.mtime.saturating_add(t as i64)),
-            ),
-            Node::Expired(stat) => {
-                Inner::reap(client, &self.path, &stat);
-                (None, None)
-            }
-            Node::NoValue(_) | Node::Missing => (None, None),
-        };
-        self.w.emit(state);
-        Ok(exp)
-    }
-    fn error(&mut self, e: Error) -> bool {
-        self.w.error(e)
-    }
-    fn is_closed(&self) -> bool {
-        self.w.is_closed()
-    }
-    async fn closed(&self) {
-        self.w.closed().await
-    }
-    fn only_path(&self) -> Option<&str> {
-        Some(&self.path)
-    }
-}
-
-struct TreeTarget {
-    prefix: String,
-    w: TreeWatcher,
-}
-
-impl Target for TreeTarget {
-    async fn read(
-        &mut self,
-        inner: &Inner,
-        client: &zk::Client,
-    ) -> std::result::Result<Option<i64>, zk::Error> {
-        let (pairs, exp) = tree::list(inner, client, &self.prefix).await?;
-        self.w.emit(pairs);
-        Ok(exp)
-    }
-    fn error(&mut self, e: Error) -> bool {
-        self.w.error(e)
-    }
-    fn is_closed(&self) -> bool {
-        self.w.is_closed()
-    }
-    async fn closed(&self) {
-        self.w.closed().await
-    }
-    fn only_path(&self) -> Option<&str> {
-        None
-    }
-}
-
-/// Arms the persistent recursive watch on `path` and emits the first state.
-async fn arm<T: Target>(
-    inner: &Inner,
-    conn: &Conn,
-    path: &str,
-    target: &mut T,
-) -> std::result::Result<(PersistentWatcher, Option<i64>), zk::Error> {
-    let pw = conn
-        .client
-        .watch(path, AddWatchMode::PersistentRecursive)
-        .await?;
-    // The first state read after (re-)arming is linearizable unless reads may be stale.
-    if inner.sync_reads() {
-        conn.client.sync(path).await?;
-    }
-    let exp = target.read(inner, &conn.client).await?;
-    Ok((pw, exp))
-}
-
-fn deadline_of(exp_ms: Option<i64>) -> Option<Instant> {
-    exp_ms.map(|e| {
-        let wait = (e - codec::now_ms()).max(0) as u64 + 5;
-        Instant::now() + Duration::from_millis(wait)
-    })
+enum Wake {
+    Seen(Seen),
+    Session,
+    Expiry,
+    Outage,
 }
 
 async fn sleep_opt(d: Option<Instant>) {
@@ -156,203 +109,201 @@ async fn sleep_opt(d: Option<Instant>) {
     }
 }
 
-async fn run<T: Target>(
-    inner: Arc<Inner>,
-    path: String,
-    mut target: T,
-    conn: Conn,
-    pw: PersistentWatcher,
-    exp: Option<i64>,
-) {
-    let mut conn_rx = inner.conn.subscribe();
-    let mut closed_rx = inner.closed.subscribe();
-    let mut conn = Some(conn);
-    let mut pw = Some(pw);
-    let mut expiry = deadline_of(exp);
-    // Set when a read must be (re)done: after an event, a reconnect, or a failed read.
-    let mut retry_at: Option<Instant> = None;
-    let mut outage_since: Option<Instant> = None;
-    let mut outage_reported = false;
-    let mut backoff =
-        kv_core::retry::Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-    loop {
-        if target.is_closed() {
-            return;
+impl ZkFeed {
+    fn new(inner: Arc<Inner>, target: Target, path: String) -> Self {
+        let conn_rx = inner.conn.subscribe();
+        ZkFeed {
+            inner,
+            target,
+            path,
+            armed: None,
+            expiry: None,
+            disconnected: false,
+            pending: None,
+            conn_rx,
         }
-        let outage_deadline = match (outage_since, outage_reported) {
-            (Some(t), false) => Some(t + inner.cfg.timeout),
-            _ => None,
+    }
+
+    fn name(&self) -> &str {
+        match &self.target {
+            Target::Key(k) | Target::Tree(k) => k,
+        }
+    }
+
+    fn unreachable(&self, message: String) -> Error {
+        Error::Unreachable {
+            endpoint: self.inner.endpoints.clone(),
+            message,
+            source: None,
+        }
+    }
+
+    /// Adds the persistent recursive watch on `conn`'s session.
+    async fn arm(&mut self, conn: &Conn) -> Result<()> {
+        // The old watcher (if any) goes after the new one exists: the server keeps watching.
+        // On failure none is left, so the next call arms again.
+        let _old = self.armed.take();
+        let pw = tokio::time::timeout(
+            self.inner.cfg.timeout,
+            conn.client
+                .watch(&self.path, AddWatchMode::PersistentRecursive),
+        )
+        .await
+        .map_err(|_| self.unreachable("no answer to adding the watch".into()))?
+        .map_err(|e| self.inner.err(e, self.name()))?;
+        self.armed = Some(Armed {
+            gen: conn.gen,
+            client: conn.client.clone(),
+            pw,
+        });
+        self.disconnected = false;
+        Ok(())
+    }
+
+    /// Reads the watched state (after a `sync` if `sync`), noting the earliest TTL expiry.
+    async fn state(&mut self, client: &Client, sync: bool) -> Result<(Vec<KvPair>, u64)> {
+        let inner = &self.inner;
+        let read = async {
+            match &self.target {
+                Target::Key(key) => match read_node_synced(client, &self.path, sync).await? {
+                    Node::Value(v, stat, ttl) => Ok((
+                        vec![KvPair::new(key.clone(), v, stat.mzxid as u64)],
+                        ttl.map(|t| stat.mtime.saturating_add(t as i64)),
+                    )),
+                    Node::Expired(stat) => {
+                        inner.reap(client, &self.path, &stat);
+                        Ok((Vec::new(), None))
+                    }
+                    Node::NoValue(_) | Node::Missing => Ok((Vec::new(), None)),
+                },
+                Target::Tree(prefix) => {
+                    after_sync(client, &self.path, sync, tree::list(inner, client, prefix)).await
+                }
+            }
         };
-        let mut p = Pending::default();
-        tokio::select! {
-            _ = target.closed() => return,
-            _ = crate::lock::wait_true(&mut closed_rx) => {
-                target.error(Error::Closed);
-                return;
-            }
-            ev = async { pw.as_mut().unwrap().changed().await }, if pw.is_some() => {
-                classify(&ev, target.only_path(), &mut p);
-                // Coalesce whatever else is already queued.
-                while !p.terminal {
-                    match pw.as_mut().unwrap().changed().now_or_never() {
-                        Some(ev) => classify(&ev, target.only_path(), &mut p),
-                        None => break,
-                    }
-                }
-            }
-            _ = conn_rx.changed() => {
-                let new = conn_rx.borrow_and_update().clone();
-                match new {
-                    None => {
-                        target.error(Error::Closed);
-                        return;
-                    }
-                    Some(c) if Some(c.gen) != conn.as_ref().map(|x| x.gen) => {
-                        // New session: re-arm on it.
-                        pw = None;
-                        conn = Some(c);
-                        retry_at = Some(Instant::now());
-                    }
-                    _ => {}
-                }
-            }
-            _ = sleep_opt(expiry) => { expiry = None; p.reread = true; }
-            _ = sleep_opt(retry_at) => { retry_at = None; p.reread = true; }
-            _ = sleep_opt(outage_deadline) => {
-                outage_reported = true;
-                target.error(Error::Unreachable {
-                    endpoint: inner.endpoints.clone(),
-                    message: format!("connection to ZooKeeper lost for more than {:?}; the watch resumes when it is back", inner.cfg.timeout),
-                    source: None,
-                });
-            }
-        }
-        if p.terminal {
-            // The session ended: wait for the store's new session (conn_rx) to re-arm.
-            pw = None;
-            outage_since.get_or_insert_with(Instant::now);
-            continue;
-        }
-        if p.disconnected && !p.connected && outage_since.is_none() {
-            outage_since = Some(Instant::now());
-        }
-        if p.connected {
-            outage_since = None;
-            outage_reported = false;
-        }
-        if !p.reread {
-            continue;
-        }
-        let Some(c) = conn.clone() else { continue };
-        if p.connected && pw.is_some() {
-            // zookeeper-client 0.11 does not re-register persistent watches after a
-            // reconnect (it resends only the one-shot ones): add the watch again. The old
-            // watcher is dropped after the new one exists, so the server keeps watching.
-            match tokio::time::timeout(
-                inner.cfg.timeout,
-                c.client.watch(&path, AddWatchMode::PersistentRecursive),
-            )
+        let (pairs, exp) = tokio::time::timeout(inner.cfg.timeout, read)
             .await
-            {
-                Ok(Ok(w)) => pw = Some(w),
-                _ => pw = None,
-            }
-        }
-        let r = if pw.is_none() {
-            match tokio::time::timeout(inner.cfg.timeout, arm(&inner, &c, &path, &mut target)).await
-            {
-                Ok(Ok((w, exp))) => {
-                    pw = Some(w);
-                    Ok(exp)
-                }
-                Ok(Err(e)) => Err(Some(e)),
-                Err(_) => Err(None),
-            }
-        } else {
-            match tokio::time::timeout(inner.cfg.timeout, target.read(&inner, &c.client)).await {
-                Ok(Ok(exp)) => Ok(exp),
-                Ok(Err(e)) => Err(Some(e)),
-                Err(_) => Err(None),
-            }
-        };
+            .map_err(|_| self.unreachable("no answer to the watch's read".into()))?
+            .map_err(|e: zk::Error| inner.err(e, self.name()))?;
+        self.expiry = exp.map(|e| {
+            let wait = (e - codec::now_ms()).max(0) as u64 + 5;
+            Instant::now() + Duration::from_millis(wait)
+        });
+        let cursor = pairs.iter().map(|p| p.version).max().unwrap_or(0);
+        Ok((pairs, cursor))
+    }
+
+    /// Waits for the store's next session (after a session expiry), up to the timeout.
+    async fn new_session(&mut self, gen: u64) -> Result<()> {
+        let timeout = self.inner.cfg.timeout;
+        let changed = self
+            .conn_rx
+            .wait_for(|c| c.as_ref().map_or(true, |c| c.gen != gen));
+        let r = tokio::time::timeout(timeout, changed).await.map(|_| ());
         match r {
-            Ok(exp) => {
-                expiry = deadline_of(exp);
-                backoff.reset();
-                outage_since = None;
-                outage_reported = false;
+            Ok(()) => Ok(()),
+            Err(_) => Err(self.unreachable(format!(
+                "the ZooKeeper session ended and no new one was opened within {timeout:?}; the watch resumes on the next session"
+            ))),
+        }
+    }
+}
+
+#[async_trait]
+impl Feed for ZkFeed {
+    async fn read(&mut self) -> Result<(Vec<KvPair>, u64)> {
+        let conn = self.inner.conn()?;
+        self.arm(&conn).await?;
+        self.pending = None;
+        self.state(&conn.client, self.inner.sync_reads()).await
+    }
+
+    async fn next(&mut self, _cursor: u64) -> Result<Update> {
+        let timeout = self.inner.cfg.timeout;
+        loop {
+            let conn = self.inner.conn()?;
+            if self.armed.as_ref().map(|a| a.gen) != Some(conn.gen) {
+                // First arm, a new session, or the session ended: (re-)arm, re-read synced.
+                self.armed = None;
+                if conn.client.state().is_terminated() {
+                    self.new_session(conn.gen).await?;
+                    continue;
+                }
+                tracing::debug!(
+                    backend = BACKEND,
+                    watch = self.name(),
+                    session = conn.gen,
+                    "re-arming the watch"
+                );
+                self.arm(&conn).await?;
+                self.pending = Some(self.inner.sync_reads());
             }
-            Err(e) => {
-                retry_at = Some(Instant::now() + backoff.next_delay());
-                match e {
-                    Some(
-                        zk::Error::ConnectionLoss
-                        | zk::Error::SessionExpired
-                        | zk::Error::SessionMoved,
-                    ) => {
-                        outage_since.get_or_insert_with(Instant::now);
-                    }
-                    Some(zk::Error::ClientClosed)
-                        if inner.is_closed.load(std::sync::atomic::Ordering::SeqCst) =>
-                    {
-                        target.error(Error::Closed);
-                        return;
-                    }
-                    Some(e) => {
-                        let key = inner.key_of(&path).unwrap_or_default();
-                        if !target.error(inner.err(e, &key)) {
-                            return;
+            if let Some(sync) = self.pending {
+                let client = conn.client.clone();
+                let (pairs, cursor) = self.state(&client, sync).await?;
+                self.pending = None;
+                return Ok(Update::State(pairs, cursor));
+            }
+            let only_path = match self.target {
+                Target::Key(_) => Some(self.path.clone()),
+                Target::Tree(_) => None,
+            };
+            let outage = self.disconnected.then(|| Instant::now() + timeout);
+            let expiry = self.expiry;
+            let Some(armed) = self.armed.as_mut() else {
+                continue;
+            };
+            let wake = tokio::select! {
+                ev = armed.pw.changed() => {
+                    let mut seen = Seen::default();
+                    seen.add(&ev, only_path.as_deref());
+                    // Coalesce whatever else is already queued.
+                    while !seen.terminal {
+                        match armed.pw.changed().now_or_never() {
+                            Some(ev) => seen.add(&ev, only_path.as_deref()),
+                            None => break,
                         }
                     }
-                    None => {
-                        outage_since.get_or_insert_with(Instant::now);
+                    Wake::Seen(seen)
+                }
+                _ = self.conn_rx.changed() => Wake::Session,
+                _ = sleep_opt(expiry) => Wake::Expiry,
+                _ = sleep_opt(outage) => Wake::Outage,
+            };
+            match wake {
+                Wake::Session => {}
+                Wake::Expiry => {
+                    self.expiry = None;
+                    self.pending = Some(false);
+                }
+                Wake::Outage => {
+                    return Err(self.unreachable(format!(
+                        "connection to ZooKeeper lost for more than {timeout:?}; the watch resumes when it is back"
+                    )))
+                }
+                Wake::Seen(seen) if seen.terminal => {
+                    tracing::debug!(backend = BACKEND, watch = self.name(), "watch session ended");
+                    self.armed = None;
+                    self.new_session(conn.gen).await?;
+                }
+                Wake::Seen(seen) => {
+                    if seen.connected {
+                        // Back after a disconnect: add the watch again (the client does not
+                        // re-register persistent watches), then re-read synced.
+                        let client = armed.client.clone();
+                        tracing::debug!(backend = BACKEND, watch = self.name(), "reconnected; re-adding the watch");
+                        let conn = Conn { client, gen: conn.gen };
+                        self.arm(&conn).await?;
+                        self.pending = Some(self.inner.sync_reads());
+                    } else if seen.disconnected {
+                        self.disconnected = true;
+                        return Err(self.unreachable("connection to ZooKeeper lost".into()));
+                    }
+                    if seen.reread && self.pending.is_none() {
+                        self.pending = Some(false);
                     }
                 }
             }
         }
     }
-}
-
-/// Arms the watch on `path` for `target` (bounded by the store timeout, errors naming
-/// `name`) and spawns the task that keeps it up.
-async fn start<T: Target>(
-    inner: Arc<Inner>,
-    op: &str,
-    name: &str,
-    path: String,
-    mut target: T,
-) -> Result<()> {
-    let conn = inner.conn()?;
-    let (pw, exp) = inner
-        .timed(op, async {
-            arm(&inner, &conn, &path, &mut target)
-                .await
-                .map_err(|e| inner.err(e, name))
-        })
-        .await?;
-    tokio::spawn(run(inner.clone(), path, target, conn, pw, exp));
-    Ok(())
-}
-
-pub async fn watch_key(inner: Arc<Inner>, key: String) -> Result<WatchStream> {
-    let path = inner.path(&key);
-    let (w, stream) = key_watch();
-    let target = KeyTarget {
-        key: key.clone(),
-        path: path.clone(),
-        w,
-    };
-    start(inner, "watch", &key, path, target).await?;
-    Ok(stream)
-}
-
-pub async fn watch_tree(inner: Arc<Inner>, prefix: String) -> Result<TreeWatchStream> {
-    let path = inner.prefix_path(&prefix);
-    let (w, stream) = tree_watch();
-    let target = TreeTarget {
-        prefix: prefix.clone(),
-        w,
-    };
-    start(inner, "watch_tree", &prefix, path, target).await?;
-    Ok(stream)
 }

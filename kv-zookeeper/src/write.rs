@@ -1,11 +1,7 @@
-//! Writes of one key: `put`, `atomic_put`, `delete` and `atomic_delete`, and what a store
-//! remembers of the znodes it wrote or read so that a put or delete is one request.
+//! Writes of one key: `put`, `atomic_put`, `delete` and `atomic_delete`.
 //!
-//! A znode's type (permanent, TTL, ephemeral lock value) is fixed when it is created, and
-//! ZooKeeper does not report TTL znodes as such (`ephemeralOwner` reads 0), so each store keeps
-//! a [`Known`] entry per path it created, wrote or read: the znode's `czxid` (which identifies
-//! that znode: a delete and re-create gives a new one), its type, and the data version and
-//! `mzxid` last seen. A put then sends one request:
+//! A put sends one request when the store knows the znode (see [`crate::known`]) or the key
+//! is new:
 //!
 //! - known znode of the wanted type: `setData`; the `czxid` it returns confirms the znode is
 //!   the one known (else it is replaced, below);
@@ -31,28 +27,10 @@ use kv_core::{Error, KvPair, Result};
 use zookeeper_client as zk;
 use zookeeper_client::{Client, Stat};
 
-use crate::{codec, Inner, Node, BACKEND};
-
-/// Most paths a store remembers; the table is cleared when full (then the first put of a path
-/// costs a `create` attempt again).
-const KNOWN_MAX: usize = 100_000;
-
-/// What a store knows of the znode at a path (see the [module docs](self)).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Known {
-    /// Creation zxid: identifies the znode (a re-created znode has another).
-    pub czxid: i64,
-    /// TTL in ms of a TTL znode, `None` for a permanent one.
-    pub ttl: Option<u64>,
-    /// Data version last seen.
-    pub version: i32,
-    /// `mzxid` last seen (the key's version then).
-    pub mzxid: i64,
-}
-
-/// Bound of [`Inner::unknown_existed`]: how many first puts in a row it takes to switch
-/// back.
-const SCORE_MAX: i32 = 3;
+use crate::error::racing;
+use crate::known::Known;
+use crate::node::{fix_stat, read_node_synced, Node};
+use crate::{codec, Inner};
 
 /// The next request a put sends.
 #[derive(Clone, Copy, Debug)]
@@ -72,70 +50,6 @@ fn ms(ttl: Option<Duration>) -> Option<u64> {
 }
 
 impl Inner {
-    /// Records what a write or read of `path` returned: `stat` of a non-ephemeral znode of
-    /// type `ttl`. A reply older than what is known (concurrent puts) is ignored.
-    pub(crate) fn remember(&self, path: &str, stat: &Stat, ttl: Option<u64>) {
-        let k = Known {
-            czxid: stat.czxid,
-            ttl,
-            version: stat.version,
-            mzxid: stat.mzxid,
-        };
-        let mut t = self.types.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(old) = t.get_mut(path) {
-            if (k.czxid, k.mzxid) >= (old.czxid, old.mzxid) {
-                *old = k;
-            }
-            return;
-        }
-        if t.len() >= KNOWN_MAX {
-            t.clear();
-        }
-        t.insert(path.to_string(), k);
-    }
-
-    /// Records a read of a key's znode when its type is certain (no children, not ephemeral:
-    /// then the value header gives it).
-    pub(crate) fn remember_read(&self, path: &str, stat: &Stat, ttl: Option<u64>) {
-        if stat.num_children == 0 && stat.ephemeral_owner == 0 {
-            self.remember(path, stat, ttl);
-        }
-    }
-
-    /// Records what the first put of a path missing from `types` found.
-    fn first_put_found(&self, existed: bool) {
-        let step = if existed { 1 } else { -1 };
-        let _ = self.unknown_existed.fetch_update(
-            std::sync::atomic::Ordering::Relaxed,
-            std::sync::atomic::Ordering::Relaxed,
-            |s| Some((s + step).clamp(-SCORE_MAX, SCORE_MAX)),
-        );
-    }
-
-    pub(crate) fn known(&self, path: &str) -> Option<Known> {
-        self.types
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(path)
-            .copied()
-    }
-
-    pub(crate) fn forget(&self, path: &str) {
-        self.types
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(path);
-    }
-
-    /// Forgets every path below `root` (after `delete_tree`).
-    pub(crate) fn forget_below(&self, root: &str) {
-        let below = format!("{}/", root.trim_end_matches('/'));
-        self.types
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|p, _| !p.starts_with(&below));
-    }
-
     /// Replaces a znode (at data `version`, or any with `None`) by a new one of the right
     /// type, atomically, in one request. The `multi` ends with a `setData` of the same data on
     /// the new znode: servers before 3.7.2/3.8.2 return no stat for a create inside a `multi`
@@ -174,18 +88,8 @@ impl Inner {
             .replace_node(client, path, Some(version), data, &self.create_opts(ttl))
             .await
             .map_err(zk::Error::from)?;
-        self.remember(path, &st, ms(ttl));
+        self.known.remember(path, &st, ms(ttl));
         Ok(st)
-    }
-
-    pub(crate) fn ttl_error(&self, e: zk::Error, key: &str, ttl: Option<Duration>) -> Error {
-        if ttl.is_some() && matches!(e, zk::Error::Unimplemented) {
-            return Error::unsupported(
-                "TTL keys on this ZooKeeper server (enable TTL nodes with extendedTypesEnabled=true in zoo.cfg)",
-                BACKEND,
-            );
-        }
-        self.err(e, key)
     }
 
     /// Creates a key's znode (parents as needed). `Ok(None)`: it exists already.
@@ -201,10 +105,10 @@ impl Inner {
         for _ in 0..2 {
             match client.create(path, data, &opts).await {
                 Ok((stat, _)) => {
-                    let stat = Self::fix_stat(client, path, stat)
+                    let stat = fix_stat(client, path, stat)
                         .await
                         .map_err(|e| self.err(e, key))?;
-                    self.remember(path, &stat, ms(ttl));
+                    self.known.remember(path, &stat, ms(ttl));
                     return Ok(Some(stat));
                 }
                 Err(zk::Error::NodeExists) => return Ok(None),
@@ -232,19 +136,13 @@ impl Inner {
         } else {
             Next::Probe
         };
-        let known = self.known(&path);
+        let known = self.known.get(&path);
         // Unknown path: learn from the first answer whether such paths tend to exist.
         let mut learn = known.is_none();
         let mut next = match known {
             Some(k) if k.ttl == want => Next::Set(k),
             Some(_) => Next::Replace(None),
-            None if self
-                .unknown_existed
-                .load(std::sync::atomic::Ordering::Relaxed)
-                > 0 =>
-            {
-                changed
-            }
+            None if self.known.unknown_paths_exist() => changed,
             None => Next::Create,
         };
         // Set once an unconditional `setData` of this put succeeded: the put has then taken
@@ -254,13 +152,13 @@ impl Inner {
         for _ in 0..20 {
             let mut found = |existed: bool| {
                 if std::mem::take(&mut learn) {
-                    self.first_put_found(existed);
+                    self.known.first_put_found(existed);
                 }
             };
             next = match next {
                 Next::Set(k) => match client.set_data(&path, &data, None).await {
                     Ok(stat) if stat.czxid == k.czxid && stat.ephemeral_owner == 0 => {
-                        self.remember(&path, &stat, want);
+                        self.known.remember(&path, &stat, want);
                         return done(stat);
                     }
                     // Keys below: the znode stays, the header decides.
@@ -271,7 +169,7 @@ impl Inner {
                         Next::Replace(Some(stat.version))
                     }
                     Err(zk::Error::NoNode) => {
-                        self.forget(&path);
+                        self.known.forget(&path);
                         Next::Create
                     }
                     Err(e) => return Err(self.err(e, key)),
@@ -307,7 +205,7 @@ impl Inner {
                             };
                             match old_ttl {
                                 Some((t, st)) if !codec::needs_replace(t, &st, None) => {
-                                    self.remember_read(&path, &stat, t);
+                                    self.known.remember_read(&path, &stat, t);
                                     return done(stat);
                                 }
                                 _ if stat.num_children > 0 => return done(stat),
@@ -332,13 +230,13 @@ impl Inner {
                     if let (Some(st), Err(zk::MultiWriteError::OperationFailed { .. })) =
                         (written, &replaced)
                     {
-                        self.forget(&path);
+                        self.known.forget(&path);
                         return done(st);
                     }
                     match replaced {
                         Ok(stat) => {
                             found(true);
-                            self.remember(&path, &stat, want);
+                            self.known.remember(&path, &stat, want);
                             return done(stat);
                         }
                         Err(zk::MultiWriteError::OperationFailed {
@@ -369,11 +267,9 @@ impl Inner {
                 }
             };
         }
-        Err(Error::backend(
-            BACKEND,
-            format!("put {key:?} kept racing with concurrent changes"),
-            zk::Error::RuntimeInconsistent,
-        ))
+        Err(racing(format!(
+            "put {key:?} kept racing with concurrent changes"
+        )))
     }
 
     /// `atomic_put`: reads the znode, compares, then writes at the data version read.
@@ -381,7 +277,7 @@ impl Inner {
         &self,
         key: &str,
         value: &[u8],
-        previous: Option<&KvPair>,
+        previous: Option<u64>,
         ttl: Option<Duration>,
     ) -> Result<KvPair> {
         let path = self.path(key);
@@ -389,7 +285,7 @@ impl Inner {
         let client = self.conn()?.client;
         for _ in 0..20 {
             // Always synced: a stale stat would report a false `KeyModified`.
-            let node = Self::read_node_synced(&client, &path, true)
+            let node = read_node_synced(&client, &path, true)
                 .await
                 .map_err(|e| self.err(e, key))?;
             let (stat, old_ttl) = match (previous, node) {
@@ -421,10 +317,10 @@ impl Inner {
                 }
                 (Some(_), Node::Missing | Node::NoValue(_)) => return Err(Error::not_found(key)),
                 (Some(prev), Node::Value(_, stat, old_ttl)) => {
-                    if stat.mzxid as u64 != prev.version {
+                    if stat.mzxid as u64 != prev {
                         return Err(Error::KeyModified {
                             key: key.to_string(),
-                            expected: prev.version,
+                            expected: prev,
                             actual: stat.mzxid as u64,
                         });
                     }
@@ -435,7 +331,7 @@ impl Inner {
                 client
                     .set_data(&path, &data, Some(stat.version))
                     .await
-                    .inspect(|s| self.remember_read(&path, s, ms(ttl)))
+                    .inspect(|s| self.known.remember_read(&path, s, ms(ttl)))
             } else {
                 self.replace_key(&client, &path, stat.version, &data, ttl)
                     .await
@@ -452,46 +348,45 @@ impl Inner {
                 Err(e) => return Err(self.ttl_error(e, key, ttl)),
             }
         }
-        Err(Error::backend(
-            BACKEND,
-            format!("atomic_put {key:?} kept racing with concurrent changes"),
-            zk::Error::RuntimeInconsistent,
-        ))
+        Err(racing(format!(
+            "atomic_put {key:?} kept racing with concurrent changes"
+        )))
     }
 
     /// Deletes a key; with `previous`, only at that version. A plain delete of a permanent
     /// key this store knows is one request: `delete` at the data version last seen (any
     /// other answer than success or `NoNode` falls back to reading the znode first).
-    pub async fn delete_key(&self, key: &str, previous: Option<u64>) -> Result<()> {
+    /// `Ok(false)`: the key was absent.
+    pub async fn delete_key(&self, key: &str, previous: Option<u64>) -> Result<bool> {
         let path = self.path(key);
         let client = self.conn()?.client;
         if previous.is_none() {
             // TTL keys are read first: an expired one is absent.
-            if let Some(k) = self.known(&path).filter(|k| k.ttl.is_none()) {
+            if let Some(k) = self.known.get(&path).filter(|k| k.ttl.is_none()) {
                 match client.delete(&path, Some(k.version)).await {
                     Ok(()) => {
-                        self.forget(&path);
-                        return Ok(());
+                        self.known.forget(&path);
+                        return Ok(true);
                     }
                     Err(zk::Error::NoNode) => {
-                        self.forget(&path);
-                        return Err(Error::not_found(key));
+                        self.known.forget(&path);
+                        return Ok(false);
                     }
-                    Err(zk::Error::BadVersion | zk::Error::NotEmpty) => self.forget(&path),
+                    Err(zk::Error::BadVersion | zk::Error::NotEmpty) => self.known.forget(&path),
                     Err(e) => return Err(self.err(e, key)),
                 }
             }
         }
         for _ in 0..20 {
             // Always synced: a stale stat would report a false `KeyModified`.
-            let node = Self::read_node_synced(&client, &path, true)
+            let node = read_node_synced(&client, &path, true)
                 .await
                 .map_err(|e| self.err(e, key))?;
             let stat = match node {
-                Node::Missing | Node::NoValue(_) => return Err(Error::not_found(key)),
+                Node::Missing | Node::NoValue(_) => return Ok(false),
                 Node::Expired(stat) => {
-                    Self::reap(&client, &path, &stat);
-                    return Err(Error::not_found(key));
+                    self.reap(&client, &path, &stat);
+                    return Ok(false);
                 }
                 Node::Value(_, stat, _) => stat,
             };
@@ -514,17 +409,15 @@ impl Inner {
             };
             match r {
                 Ok(()) => {
-                    self.forget(&path);
-                    return Ok(());
+                    self.known.forget(&path);
+                    return Ok(true);
                 }
                 Err(zk::Error::BadVersion | zk::Error::NoNode | zk::Error::NotEmpty) => continue,
                 Err(e) => return Err(self.err(e, key)),
             }
         }
-        Err(Error::backend(
-            BACKEND,
-            format!("delete {key:?} kept racing with concurrent changes"),
-            zk::Error::RuntimeInconsistent,
-        ))
+        Err(racing(format!(
+            "delete {key:?} kept racing with concurrent changes"
+        )))
     }
 }

@@ -8,7 +8,7 @@ use kv_testkit::zookeeper::ZkServer;
 use kv_zookeeper::{ZkConfig, ZkStore};
 
 async fn store(ep: &str, ns: &str) -> ZkStore {
-    ZkStore::connect(ZkConfig::new(ep).namespace(ns))
+    ZkStore::connect(ZkConfig::new([ep]).with_namespace(ns))
         .await
         .unwrap()
 }
@@ -119,8 +119,18 @@ async fn znode_mapping() {
     let (data, _) = raw.get_data("/map/ns/a/b").await.unwrap();
     assert_eq!(data[0], 1, "value header");
     // Reserved names.
+    match s.put(".kv-locks/x", b"", PutOptions::default()).await {
+        Err(Error::InvalidKey { reason, .. }) => {
+            assert!(reason.contains("\".kv-locks\" is reserved"), "{reason}")
+        }
+        r => panic!("expected InvalidKey, got {r:?}"),
+    }
     assert!(matches!(
-        s.put(".kv-locks/x", b"", PutOptions::default()).await,
+        s.list(".kv-locks").await,
+        Err(Error::InvalidKey { .. })
+    ));
+    assert!(matches!(
+        s.txn(Txn::new().put(".kv-locks/y", b"v".to_vec())).await,
         Err(Error::InvalidKey { .. })
     ));
     let root = store(&ep, "").await;

@@ -14,11 +14,11 @@ use kv_testkit::zookeeper::ZkEnsemble;
 use kv_zookeeper::{ZkConfig, ZkStore};
 
 async fn connect(endpoint: String, ns: &str, consistency: Consistency) -> Arc<dyn Store> {
-    let cfg = ZkConfig::new(&endpoint)
-        .namespace(ns)
-        .timeout(Duration::from_secs(2))
-        .session_timeout(Duration::from_secs(8))
-        .consistency(consistency);
+    let cfg = ZkConfig::new([&endpoint])
+        .with_namespace(ns)
+        .with_timeout(Duration::from_secs(2))
+        .with_session_timeout(Duration::from_secs(8))
+        .with_consistency(consistency);
     Arc::new(
         ZkStore::connect(cfg)
             .await

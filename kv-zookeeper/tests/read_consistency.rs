@@ -14,11 +14,11 @@ const ROUNDS: u64 = 20;
 
 async fn connect(endpoint: &str, ns: &str, consistency: Consistency) -> ZkStore {
     ZkStore::connect(
-        ZkConfig::new(endpoint)
-            .namespace(ns)
-            .timeout(Duration::from_secs(10))
-            .session_timeout(Duration::from_secs(8))
-            .consistency(consistency),
+        ZkConfig::new([endpoint])
+            .with_namespace(ns)
+            .with_timeout(Duration::from_secs(10))
+            .with_session_timeout(Duration::from_secs(8))
+            .with_consistency(consistency),
     )
     .await
     .unwrap_or_else(|e| panic!("connect to {endpoint}: {e}"))

@@ -14,7 +14,7 @@ use kv_zookeeper::{ZkConfig, ZkStore};
 const LONG: Duration = Duration::from_secs(60);
 
 async fn store(endpoints: &str, ns: &str) -> ZkStore {
-    ZkStore::connect(ZkConfig::new(endpoints).namespace(ns))
+    ZkStore::connect(ZkConfig::new(endpoints.split(',')).with_namespace(ns))
         .await
         .unwrap_or_else(|e| panic!("connect to {endpoints}: {e}"))
 }
@@ -106,9 +106,9 @@ async fn ensemble_leader_failover() {
     };
     let eps = ens.endpoints();
     let s = ZkStore::connect(
-        ZkConfig::new(&eps)
-            .namespace("/failover")
-            .timeout(Duration::from_secs(5)),
+        ZkConfig::new(eps.split(','))
+            .with_namespace("/failover")
+            .with_timeout(Duration::from_secs(5)),
     )
     .await
     .unwrap();
@@ -248,10 +248,10 @@ async fn session_expiry_fires_lost_and_frees_lock() {
         return;
     };
     let ep = server.endpoint();
-    let cfg = ZkConfig::new(&ep)
-        .namespace("/expiry")
-        .session_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(5));
+    let cfg = ZkConfig::new([&ep])
+        .with_namespace("/expiry")
+        .with_session_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(5));
     let a = ZkStore::connect(cfg.clone()).await.unwrap();
     let lock = a
         .new_lock("leader", LockOptions::with_value("a"))
@@ -303,6 +303,12 @@ async fn digest_auth() {
         .await
         .unwrap();
     alice.put("k", b"v", PutOptions::default()).await.unwrap();
+    // The store (and its config) never print the password.
+    let shown = format!("{alice:?} {:?}", alice.config());
+    assert!(
+        shown.contains("alice") && !shown.contains("s3cret"),
+        "{shown}"
+    );
     // Right credentials (another session, digest= form).
     let again = ZkStore::from_url(&format!("zk://{ep}/secure?digest=alice:s3cret"))
         .await
@@ -360,9 +366,9 @@ async fn dead_server_times_out_or_unreachable() {
         return;
     };
     let s = ZkStore::connect(
-        ZkConfig::new(server.endpoint())
-            .namespace("/dead")
-            .timeout(Duration::from_secs(2)),
+        ZkConfig::new([server.endpoint()])
+            .with_namespace("/dead")
+            .with_timeout(Duration::from_secs(2)),
     )
     .await
     .unwrap();
@@ -393,7 +399,8 @@ async fn dead_server_times_out_or_unreachable() {
     // Connecting to nothing is a quick Unreachable.
     let start = Instant::now();
     let r =
-        ZkStore::connect(ZkConfig::new(server.endpoint()).timeout(Duration::from_secs(3))).await;
+        ZkStore::connect(ZkConfig::new([server.endpoint()]).with_timeout(Duration::from_secs(3)))
+            .await;
     assert!(matches!(r, Err(Error::Unreachable { .. })), "{r:?}");
     assert!(start.elapsed() < Duration::from_secs(4));
     s.close().await.unwrap();
@@ -405,9 +412,9 @@ async fn watch_reports_a_long_outage_and_resumes() {
         return;
     };
     let ep = server.endpoint();
-    let cfg = ZkConfig::new(&ep)
-        .namespace("/outage")
-        .timeout(Duration::from_secs(2));
+    let cfg = ZkConfig::new([&ep])
+        .with_namespace("/outage")
+        .with_timeout(Duration::from_secs(2));
     let s = ZkStore::connect(cfg).await.unwrap();
     let mut w = s.watch("k").await.unwrap();
     assert!(w.next().await.unwrap().unwrap().is_none());

@@ -12,7 +12,7 @@ use kv_zookeeper::{ZkConfig, ZkStore};
 const N: u64 = 20;
 
 async fn store(ep: &str, ns: &str) -> ZkStore {
-    ZkStore::connect(ZkConfig::new(ep).namespace(ns))
+    ZkStore::connect(ZkConfig::new([ep]).with_namespace(ns))
         .await
         .unwrap()
 }
@@ -72,9 +72,9 @@ async fn put_get_delete_cost_one_request_each() {
     .await;
     assert_per_call("get (sync + getData)", r, 2);
     let stale = ZkStore::connect(
-        ZkConfig::new(&ep)
-            .namespace("/rt")
-            .consistency(kv_core::Consistency::Stale),
+        ZkConfig::new([&ep])
+            .with_namespace("/rt")
+            .with_consistency(kv_core::Consistency::Stale),
     )
     .await
     .unwrap();
