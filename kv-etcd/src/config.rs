@@ -75,8 +75,8 @@ impl EtcdConfig {
         self
     }
 
-    /// Enables TLS with these files (URL options `ca=`, `cert=`, `key=`, `domain=`).
-    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    /// Enables TLS with these files (URL options `ca=`, `cert=`, `key=`, `domain=`); connecting
+    /// with TLS needs this crate's `tls` feature.
     pub fn with_tls(mut self, tls: TlsFiles) -> Self {
         self.tls = Some(tls);
         self
