@@ -22,8 +22,8 @@ pub(crate) struct Ctx<'a> {
     pub timeout: Duration,
 }
 
-/// The error and its sources, joined with `": "`.
-pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+/// The error and its sources, joined with `": "` (the text the markers below are matched in).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -35,6 +35,11 @@ pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = c.source();
     }
     s
+}
+
+/// True when etcd says the lease no longer exists (expired or revoked).
+pub(crate) fn is_lease_gone(e: &EtcdError) -> bool {
+    chain(e).contains("lease not found")
 }
 
 fn contains_any(haystack: &str, needles: &[&str]) -> bool {
@@ -83,7 +88,18 @@ const UNREACHABLE_MARKERS: &[&str] = &[
     "unexpected eof",
 ];
 
-/// Maps an etcd-client error to a kv error.
+/// Server answers that are momentary by nature (the same call may succeed later).
+const RETRYABLE_MARKERS: &[&str] = &[
+    "too many requests",
+    "request timed out",
+    "timed out",
+    "leader",
+    "server is busy",
+    "retry",
+];
+
+/// Maps an etcd-client error to a kv error: the one place that decides the kind, and for
+/// [`Error::Backend`] whether the call is worth retrying.
 pub(crate) fn map_err(e: EtcdError, ctx: &Ctx<'_>) -> Error {
     let text = chain(&e);
     let unreachable = |message: String, source: EtcdError| Error::Unreachable {
@@ -134,8 +150,14 @@ pub(crate) fn map_err(e: EtcdError, ctx: &Ctx<'_>) -> Error {
             {
                 Error::invalid_argument(text)
             }
-            Code::ResourceExhausted => Error::backend(BACKEND, format!("{}: {text}", ctx.op), e),
+            // "too many requests": the server sheds load, the same call may pass later.
+            Code::ResourceExhausted => {
+                Error::retryable_backend(BACKEND, format!("{}: {text}", ctx.op), e)
+            }
             _ if contains_any(&text, UNREACHABLE_MARKERS) => unreachable(text, e),
+            _ if contains_any(&text, RETRYABLE_MARKERS) => {
+                Error::retryable_backend(BACKEND, format!("{} failed: {text}", ctx.op), e)
+            }
             _ => Error::backend(BACKEND, format!("{} failed: {text}", ctx.op), e),
         },
         EtcdError::TransportError(_) | EtcdError::IoError(_) => unreachable(text, e),
@@ -143,6 +165,9 @@ pub(crate) fn map_err(e: EtcdError, ctx: &Ctx<'_>) -> Error {
             Error::config(format!("etcd client configuration: {text}"))
         }
         _ if contains_any(&text, UNREACHABLE_MARKERS) => unreachable(text, e),
+        _ if contains_any(&text, RETRYABLE_MARKERS) => {
+            Error::retryable_backend(BACKEND, format!("{} failed: {text}", ctx.op), e)
+        }
         _ => Error::backend(BACKEND, format!("{} failed: {text}", ctx.op), e),
     }
 }
@@ -202,8 +227,32 @@ mod tests {
         ));
         assert!(matches!(
             map_err(status(Code::Internal, "boom"), &c),
-            Error::Backend { .. }
+            Error::Backend {
+                retryable: false,
+                ..
+            }
         ));
+        for e in [
+            status(Code::ResourceExhausted, "etcdserver: too many requests"),
+            status(Code::Unknown, "etcdserver: request timed out"),
+        ] {
+            let m = map_err(e, &c);
+            assert!(
+                matches!(
+                    m,
+                    Error::Backend {
+                        retryable: true,
+                        ..
+                    }
+                ) && m.is_transient(),
+                "{m:?}"
+            );
+        }
+        assert!(is_lease_gone(&status(
+            Code::NotFound,
+            "etcdserver: requested lease not found"
+        )));
+        assert!(!is_lease_gone(&status(Code::Internal, "boom")));
         assert!(matches!(
             map_err(EtcdError::InvalidArgs("x".into()), &c),
             Error::Config { .. }

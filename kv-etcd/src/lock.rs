@@ -1,23 +1,26 @@
 //! Locks on a lease: etcd's lock recipe (owner keys ordered by create revision) plus the
-//! user key holding `LockOptions::value`, a keep-alive loop and a loss monitor.
+//! user key holding `LockOptions::value`, a keep-alive task ([`crate::lease`]) and a loss
+//! monitor. Held locks are registered in the store's [`HeldLocks`](kv_core::raw::HeldLocks)
+//! and released on close; an unfinished acquisition revokes its lease through a
+//! [`CleanupGuard`] when dropped.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
     Compare as EtcdCompare, CompareOp, EventType, GetOptions, PutOptions as EtcdPutOptions,
     SortOrder, SortTarget, Txn as EtcdTxn, TxnOp as EtcdTxnOp,
 };
-use kv_core::lock::{lost_signal, LostNotifier};
-use kv_core::retry::{timed, Backoff};
+use kv_core::raw::{lost_signal, CleanupGuard, LostNotifier};
+use kv_core::retry::Backoff;
 use kv_core::{Error, Lock, LockOptions, LockRelease, Result};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::client::{header_rev, prefix_end, ttl_secs, version_of, LOCK_SEP};
+use crate::connect::Inner;
 use crate::error::map_err;
-use crate::{prefix_end, ttl_secs, Inner, LOCK_SEP};
 
 /// A held lock, as the store's registry keeps it (for `close`).
 pub(crate) struct Held {
@@ -35,25 +38,6 @@ impl Held {
     }
 }
 
-/// Revokes the lease of an unfinished acquisition when dropped (abandoned future or error).
-struct Attempt {
-    inner: Arc<Inner>,
-    lease: i64,
-    keeper: Option<JoinHandle<()>>,
-    armed: bool,
-}
-
-impl Drop for Attempt {
-    fn drop(&mut self) {
-        if self.armed {
-            if let Some(k) = self.keeper.take() {
-                k.abort();
-            }
-            self.inner.revoke_in_background(self.lease);
-        }
-    }
-}
-
 enum Outcome {
     Acquired(Lock),
     /// The lease ended while waiting: start over with a new one.
@@ -63,7 +47,7 @@ enum Outcome {
 /// Waits out one backoff step, or fails with `Closed` if the store closes meanwhile.
 async fn back_off(inner: &Inner, backoff: &mut Backoff) -> Result<()> {
     tokio::select! {
-        _ = inner.wait_closed() => Err(Error::Closed),
+        _ = inner.life.closed() => Err(Error::Closed),
         _ = backoff.wait() => Ok(()),
     }
 }
@@ -73,68 +57,45 @@ pub(crate) async fn acquire(inner: Arc<Inner>, key: String, options: LockOptions
     loop {
         match attempt(&inner, &key, &options).await? {
             Outcome::Acquired(l) => return Ok(l),
-            Outcome::Retry => continue,
+            Outcome::Retry => {
+                tracing::debug!(
+                    backend = crate::BACKEND,
+                    key,
+                    "lock lease ended while waiting, retrying"
+                );
+            }
         }
     }
 }
 
 fn lock_prefix(inner: &Inner, key: &str) -> String {
-    format!("{}{LOCK_SEP}lock/{key}/", inner.ns)
+    format!("{}{LOCK_SEP}lock/{key}/", inner.ns.as_str())
 }
 
-async fn attempt(inner: &Arc<Inner>, key: &str, options: &LockOptions) -> Result<Outcome> {
-    inner.check_open()?;
-    let ttl = Duration::from_secs(ttl_secs(options.ttl) as u64);
-    let lease = inner.grant(options.ttl, key).await?;
-    let (lease_tx, mut lease_rx) = watch::channel(None::<String>);
-    let mut guard = Attempt {
-        inner: inner.clone(),
-        lease,
-        keeper: Some(tokio::spawn(keep_lease(
-            inner.clone(),
-            lease,
-            ttl,
-            lease_tx,
-        ))),
-        armed: true,
-    };
-    let prefix = lock_prefix(inner, key);
-    let owner = format!("{prefix}{lease:016x}");
-    let ctx = inner.ctx("lock", key);
-
-    // 1. Join the queue.
-    let mut kv = inner.kv.clone();
-    let resp = timed("lock", inner.timeout, async {
-        kv.put(
-            owner.clone(),
-            Vec::new(),
-            Some(EtcdPutOptions::new().with_lease(lease)),
-        )
-        .await
-        .map_err(|e| map_err(e, &ctx))
-    })
-    .await?;
-    let my_rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-
-    // 2. Wait until no owner key older than ours is left.
+/// Waits until no owner key of `prefix` older than `my_rev` is left. `Ok(false)`: our lease
+/// ended meanwhile.
+async fn wait_turn(
+    inner: &Inner,
+    key: &str,
+    prefix: &str,
+    my_rev: i64,
+    lease_rx: &mut watch::Receiver<Option<String>>,
+) -> Result<bool> {
     let mut backoff = Backoff::default();
     loop {
         if lease_rx.borrow().is_some() {
-            return Ok(Outcome::Retry);
+            return Ok(false);
         }
+        let opts = GetOptions::new()
+            .with_range(prefix_end(prefix.as_bytes()))
+            .with_max_create_revision(my_rev - 1)
+            .with_sort(SortTarget::Create, SortOrder::Descend)
+            .with_limit(1)
+            .with_keys_only();
         let pred = inner
-            .kv_get(
+            .bounded(
                 "lock",
-                key,
-                prefix.clone().into_bytes(),
-                Some(
-                    GetOptions::new()
-                        .with_range(prefix_end(prefix.as_bytes()))
-                        .with_max_create_revision(my_rev - 1)
-                        .with_sort(SortTarget::Create, SortOrder::Descend)
-                        .with_limit(1)
-                        .with_keys_only(),
-                ),
+                inner.kv_get("lock", key, prefix.as_bytes().to_vec(), Some(opts)),
             )
             .await;
         let pred = match pred {
@@ -145,9 +106,11 @@ async fn attempt(inner: &Arc<Inner>, key: &str, options: &LockOptions) -> Result
             }
             Err(e) => return Err(e),
         };
-        let Some(p) = pred.kvs().first() else { break };
+        let Some(p) = pred.kvs().first() else {
+            return Ok(true);
+        };
         let pred_key = p.key().to_vec();
-        let from = pred.header().map(|h| h.revision()).unwrap_or(0) + 1;
+        let from = header_rev(pred.header()) + 1;
         // Wait for the predecessor's deletion (from the read's revision: nothing is missed).
         let mut stream = match crate::watch::open(inner, pred_key, Vec::new(), from, key).await {
             Ok(s) => s,
@@ -159,8 +122,8 @@ async fn attempt(inner: &Arc<Inner>, key: &str, options: &LockOptions) -> Result
         };
         loop {
             tokio::select! {
-                _ = inner.wait_closed() => return Err(Error::Closed),
-                _ = lease_rx.changed() => return Ok(Outcome::Retry),
+                _ = inner.life.closed() => return Err(Error::Closed),
+                _ = lease_rx.changed() => return Ok(false),
                 m = stream.message() => match m {
                     Ok(Some(resp)) => {
                         if resp.canceled() || resp.compact_revision() > 0 {
@@ -179,9 +142,44 @@ async fn attempt(inner: &Arc<Inner>, key: &str, options: &LockOptions) -> Result
             }
         }
     }
+}
+
+async fn attempt(inner: &Arc<Inner>, key: &str, options: &LockOptions) -> Result<Outcome> {
+    inner.life.check()?;
+    let ttl = Duration::from_secs(ttl_secs(options.ttl) as u64);
+    let lease = inner.grant(options.ttl, key).await?;
+    let (lease_tx, mut lease_rx) = watch::channel(None::<String>);
+    let keeper = tokio::spawn(crate::lease::keep(inner.clone(), lease, ttl, lease_tx));
+    // Dropped armed (abandoned future, error, retry): stop the keeper, revoke the lease.
+    let abort = keeper.abort_handle();
+    let mut lc = inner.lease.clone();
+    let guard = CleanupGuard::new("etcd lock attempt", inner.timeout(), async move {
+        abort.abort();
+        let _ = lc.revoke(lease).await;
+    });
+    let prefix = lock_prefix(inner, key);
+    let owner = format!("{prefix}{lease:016x}");
+
+    // 1. Join the queue.
+    let mut kv = inner.kv.clone();
+    let put = kv.put(
+        owner.clone(),
+        Vec::new(),
+        Some(EtcdPutOptions::new().with_lease(lease)),
+    );
+    let resp = inner
+        .bounded("lock", async {
+            put.await.map_err(|e| map_err(e, &inner.ctx("lock", key)))
+        })
+        .await?;
+    let my_rev = header_rev(resp.header());
+
+    // 2. Wait until no owner key older than ours is left.
+    if !wait_turn(inner, key, &prefix, my_rev, &mut lease_rx).await? {
+        return Ok(Outcome::Retry);
+    }
 
     // 3. Our turn: write the value on our lease, if our owner key is still there.
-    let full = inner.full(key);
     let txn = EtcdTxn::new()
         .when([EtcdCompare::create_revision(
             owner.clone(),
@@ -189,46 +187,45 @@ async fn attempt(inner: &Arc<Inner>, key: &str, options: &LockOptions) -> Result
             my_rev,
         )])
         .and_then([EtcdTxnOp::put(
-            full,
+            inner.full(key),
             options.value.clone(),
             Some(EtcdPutOptions::new().with_lease(lease)),
         )]);
+    let value_len = options.value.len();
     let resp = inner
-        .kv_txn("lock", key, Some(options.value.len()), txn)
+        .bounded("lock", inner.kv_txn("lock", key, Some(value_len), txn))
         .await?;
     if !resp.succeeded() {
         return Ok(Outcome::Retry);
     }
-    let value_rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+    let value_rev = header_rev(resp.header());
 
     // 4. Held: monitor it.
     let mut deadline = None;
-    let keeper = guard.keeper.take();
     let keeper = if options.keep_alive {
-        keeper
+        Some(keeper)
     } else {
         // A lease: renewed once now, then it ends `ttl` after acquisition.
-        if let Some(k) = keeper {
-            k.abort();
-        }
+        keeper.abort();
         let mut lc = inner.lease.clone();
-        let ctx = inner.ctx("lock", key);
-        timed("lock", inner.timeout, async {
-            lc.keep_alive(lease)
-                .await
-                .map(|_| ())
-                .map_err(|e| map_err(e, &ctx))
-        })
-        .await?;
+        inner
+            .bounded("lock", async {
+                lc.keep_alive(lease)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| map_err(e, &inner.ctx("lock", key)))
+            })
+            .await?;
         deadline = Some(tokio::time::Instant::now() + ttl);
         None
     };
     let (notifier, signal) = lost_signal(key.to_string());
     let notifier = Arc::new(notifier);
-    let id = inner.next_lock.fetch_add(1, Ordering::Relaxed);
+    // The id is known once registered: the monitor waits for it.
+    let (id_tx, id_rx) = tokio::sync::oneshot::channel();
     let monitor = tokio::spawn(monitor(
         inner.clone(),
-        id,
+        id_rx,
         key.to_string(),
         lease,
         value_rev,
@@ -238,26 +235,21 @@ async fn attempt(inner: &Arc<Inner>, key: &str, options: &LockOptions) -> Result
     ));
     let mut tasks = vec![monitor];
     tasks.extend(keeper);
-    {
-        let mut locks = inner.locks.lock().unwrap_or_else(|e| e.into_inner());
-        locks.insert(
-            id,
-            Held {
-                lease,
-                notifier,
-                tasks,
-            },
-        );
-    }
-    guard.armed = false;
-    if inner.is_closed() {
+    let id = inner.locks.insert(Held {
+        lease,
+        notifier,
+        tasks,
+    });
+    let _ = id_tx.send(id);
+    guard.disarm();
+    if inner.life.is_closed() {
         // close() ran meanwhile and may have missed this lock.
         release_all(inner).await;
     }
     Ok(Outcome::Acquired(Lock::new(
         key.to_string(),
         options.value.clone(),
-        crate::version_of(value_rev),
+        version_of(value_rev),
         signal,
         Box::new(Release {
             inner: inner.clone(),
@@ -267,83 +259,11 @@ async fn attempt(inner: &Arc<Inner>, key: &str, options: &LockOptions) -> Result
     )))
 }
 
-/// Renews the lease every `ttl / 3`; reports loss through `lost` when the lease is gone or
-/// could not be renewed within `ttl`.
-async fn keep_lease(
-    inner: Arc<Inner>,
-    lease: i64,
-    ttl: Duration,
-    lost: watch::Sender<Option<String>>,
-) {
-    let interval = (ttl / 3).max(Duration::from_millis(300));
-    let attempt_timeout = inner.timeout.min(interval);
-    let mut last_ok = Instant::now();
-    let mut backoff = Backoff::new(Duration::from_millis(100), interval);
-    let mut first = true;
-    loop {
-        if !first {
-            tokio::time::sleep(backoff.next_delay()).await;
-        } else {
-            tokio::time::sleep(interval).await;
-        }
-        first = false;
-        let mut client = inner.lease.clone();
-        // Establishing the stream sends one keep-alive and reads its answer.
-        let opened = tokio::time::timeout(attempt_timeout, client.keep_alive(lease)).await;
-        let (mut keeper, mut stream) = match opened {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(e)) if crate::error::chain(&e).contains("lease not found") => {
-                let _ = lost.send(Some("its lease expired or was revoked".into()));
-                return;
-            }
-            other => {
-                if last_ok.elapsed() >= ttl {
-                    let why = match other {
-                        Ok(Err(e)) => crate::error::chain(&e),
-                        _ => "no answer".into(),
-                    };
-                    let _ = lost.send(Some(format!(
-                        "its lease could not be renewed within {ttl:?}: {why}"
-                    )));
-                    return;
-                }
-                continue;
-            }
-        };
-        last_ok = Instant::now();
-        backoff.reset();
-        loop {
-            tokio::time::sleep(interval).await;
-            let r = tokio::time::timeout(attempt_timeout, async {
-                keeper.keep_alive().await?;
-                stream.message().await
-            })
-            .await;
-            match r {
-                Ok(Ok(Some(resp))) if resp.ttl() > 0 => last_ok = Instant::now(),
-                Ok(Ok(Some(_))) => {
-                    let _ = lost.send(Some("its lease expired or was revoked".into()));
-                    return;
-                }
-                _ => {
-                    if last_ok.elapsed() >= ttl {
-                        let _ = lost.send(Some(format!(
-                            "its lease could not be renewed within {ttl:?}"
-                        )));
-                        return;
-                    }
-                    break; // re-create the keep-alive stream
-                }
-            }
-        }
-    }
-}
-
 /// Watches a held lock until it is lost (then fires the signal and gives the lease back).
 #[allow(clippy::too_many_arguments)]
 async fn monitor(
     inner: Arc<Inner>,
-    id: u64,
+    id: tokio::sync::oneshot::Receiver<u64>,
     key: String,
     lease: i64,
     value_rev: i64,
@@ -372,14 +292,14 @@ async fn monitor(
         r = lease_lost => r,
         _ = expired => "its TTL passed (keep_alive = false)".to_string(),
         r = watch_value(&inner, &key, value_rev) => r,
-        _ = inner.wait_closed() => return, // close() fires and revokes
+        _ = inner.life.closed() => return, // close() fires and revokes
     };
+    tracing::info!(backend = crate::BACKEND, key, %reason, "lock lost");
     notifier.fire(reason);
-    let held = inner
-        .locks
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&id);
+    let held = match id.await {
+        Ok(id) => inner.locks.remove(id),
+        Err(_) => None,
+    };
     let _ = inner.revoke(lease).await;
     if let Some(h) = held {
         // Our own task is among them: abort the others only.
@@ -395,22 +315,18 @@ async fn watch_value(inner: &Inner, key: &str, value_rev: i64) -> String {
     let mut rev = value_rev;
     let mut backoff = Backoff::default();
     loop {
-        let mut stream =
-            match crate::watch::open(inner, full.clone().into_bytes(), Vec::new(), rev + 1, key)
-                .await
-            {
-                Ok(s) => s,
-                Err(_) => {
-                    backoff.wait().await;
-                    continue;
-                }
-            };
+        let opened =
+            crate::watch::open(inner, full.clone().into_bytes(), Vec::new(), rev + 1, key).await;
+        let Ok(mut stream) = opened else {
+            backoff.wait().await;
+            continue;
+        };
         loop {
             match stream.message().await {
                 Ok(Some(resp)) => {
                     if resp.compact_revision() > 0 {
                         // Re-read: is the key still ours?
-                        match inner.read_key(key, false).await {
+                        match inner.bounded("lock", inner.read_key(key, false)).await {
                             Ok((Some(p), r)) if p.version == value_rev as u64 => {
                                 rev = r;
                                 break;
@@ -461,39 +377,29 @@ struct Release {
 #[async_trait]
 impl LockRelease for Release {
     async fn release(self: Box<Self>) -> Result<()> {
-        let held = self
-            .inner
-            .locks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.id);
-        match held {
+        match self.inner.locks.remove(self.id) {
             Some(h) => {
                 let lease = h.stop();
                 self.inner.revoke(lease).await
             }
             // Lost (the monitor revoked it) or the store was closed (close revoked it).
-            None => {
-                if self.inner.is_closed() {
-                    Ok(())
-                } else {
-                    // Best effort: make sure nothing is left.
-                    self.inner.revoke(self.lease).await
-                }
-            }
+            None if self.inner.life.is_closed() => Ok(()),
+            // Best effort: make sure nothing is left.
+            None => self.inner.revoke(self.lease).await,
         }
     }
 }
 
-/// On close: every held lock is lost and its lease revoked.
+/// On close: every held lock is lost and its lease revoked (concurrently: `close` is
+/// bounded by the timeout as a whole).
 pub(crate) async fn release_all(inner: &Inner) {
-    let held: Vec<Held> = {
-        let mut locks = inner.locks.lock().unwrap_or_else(|e| e.into_inner());
-        locks.drain().map(|(_, h)| h).collect()
-    };
-    for h in held {
+    let revokes = inner.locks.drain().into_iter().map(|h| {
         h.notifier.fire("the store was closed");
         let lease = h.stop();
-        let _ = inner.revoke(lease).await;
-    }
+        tracing::debug!(backend = crate::BACKEND, lease, "lock released on close");
+        async move {
+            let _ = inner.revoke(lease).await;
+        }
+    });
+    futures::future::join_all(revokes).await;
 }

@@ -1,165 +1,22 @@
-//! `watch` and `watch_tree`: one background task per watch, resumed from the last seen
-//! revision after a broken stream and re-read after a compaction.
+//! `watch` and `watch_tree` on kv-core's watch engine: the feed reads the key or subtree with
+//! its revision, and follows it with one gRPC watch stream from the cursor's revision + 1.
+//! A compaction past the cursor is a [`Update::Resync`]; a broken or cancelled stream is an
+//! error, after which the engine asks again from the same cursor (a new stream).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use etcd_client::{Event, EventType, WatchOptions};
-use kv_core::retry::{timed, Backoff};
-use kv_core::watch::{key_watch, tree_watch, KeyWatcher, TreeWatcher};
+use async_trait::async_trait;
+use etcd_client::{EventType, WatchOptions};
+use kv_core::raw::{self, Event, Feed, Update};
 use kv_core::{Error, KvPair, Result, TreeWatchStream, WatchStream};
 
+use crate::client::version_of;
+use crate::connect::Inner;
 use crate::error::map_err;
-use crate::{version_of, Inner};
+use crate::BACKEND;
 
-/// What a watch task follows and feeds.
-enum Target {
-    Key {
-        key: String,
-        out: KeyWatcher,
-    },
-    Tree {
-        prefix: String,
-        snapshot: BTreeMap<String, KvPair>,
-        out: TreeWatcher,
-    },
-}
-
-impl Target {
-    fn name(&self) -> &str {
-        match self {
-            Target::Key { key, .. } => key,
-            Target::Tree { prefix, .. } => prefix,
-        }
-    }
-
-    /// `(start, end)` of the watched range in stored form (`end` empty: one key).
-    fn range(&self, inner: &Inner) -> (Vec<u8>, Vec<u8>) {
-        match self {
-            Target::Key { key, .. } => (inner.full(key).into_bytes(), Vec::new()),
-            Target::Tree { prefix, .. } => inner.subtree(prefix),
-        }
-    }
-
-    async fn dropped(&self) {
-        match self {
-            Target::Key { out, .. } => out.closed().await,
-            Target::Tree { out, .. } => out.closed().await,
-        }
-    }
-
-    fn error(&mut self, e: Error) -> bool {
-        match self {
-            Target::Key { out, .. } => out.error(e),
-            Target::Tree { out, .. } => out.error(e),
-        }
-    }
-
-    fn emit_tree(snapshot: &BTreeMap<String, KvPair>, out: &mut TreeWatcher) -> bool {
-        out.emit(snapshot.values().cloned().collect())
-    }
-
-    /// Reads the current state, emits it and returns the revision of the read.
-    async fn reload(&mut self, inner: &Inner) -> Result<i64> {
-        match self {
-            Target::Key { key, out } => {
-                let (pair, rev) = inner.read_key(key, true).await?;
-                out.emit(pair);
-                Ok(rev)
-            }
-            Target::Tree {
-                prefix,
-                snapshot,
-                out,
-            } => {
-                let (pairs, rev) = inner.read_tree(prefix).await?;
-                *snapshot = pairs.into_iter().map(|p| (p.key.clone(), p)).collect();
-                Self::emit_tree(snapshot, out);
-                Ok(rev)
-            }
-        }
-    }
-
-    /// Applies a batch of events; `false` once the caller dropped the stream.
-    fn apply(&mut self, inner: &Inner, events: &[Event]) -> bool {
-        match self {
-            Target::Key { key, out } => {
-                for ev in events {
-                    let Some(kv) = ev.kv() else { continue };
-                    let state = match ev.event_type() {
-                        EventType::Put => Some(KvPair {
-                            key: key.clone(),
-                            value: kv.value().to_vec(),
-                            version: version_of(kv.mod_revision()),
-                        }),
-                        EventType::Delete => None,
-                    };
-                    if !out.emit(state) {
-                        return false;
-                    }
-                }
-                true
-            }
-            Target::Tree { snapshot, out, .. } => {
-                let mut current_rev = None;
-                for ev in events {
-                    let Some(kv) = ev.kv() else { continue };
-                    let rev = kv.mod_revision();
-                    if current_rev.is_some_and(|r| r != rev) && !Self::emit_tree(snapshot, out) {
-                        return false;
-                    }
-                    current_rev = Some(rev);
-                    let Some(key) = inner.user_key(kv.key()) else {
-                        continue;
-                    };
-                    match ev.event_type() {
-                        EventType::Put => {
-                            snapshot.insert(
-                                key.clone(),
-                                KvPair {
-                                    key,
-                                    value: kv.value().to_vec(),
-                                    version: version_of(rev),
-                                },
-                            );
-                        }
-                        EventType::Delete => {
-                            snapshot.remove(&key);
-                        }
-                    }
-                }
-                if current_rev.is_some() {
-                    return Self::emit_tree(snapshot, out);
-                }
-                true
-            }
-        }
-    }
-}
-
-/// Starts a watch of one key: reads it (errors are returned directly), then follows it.
-pub(crate) async fn watch_key(inner: Arc<Inner>, key: String) -> Result<WatchStream> {
-    let (out, stream) = key_watch();
-    let mut target = Target::Key { key, out };
-    let rev = target.reload(&inner).await?;
-    tokio::spawn(run(inner, target, rev));
-    Ok(stream)
-}
-
-/// Starts a watch of a subtree: lists it (errors are returned directly), then follows it.
-pub(crate) async fn watch_tree(inner: Arc<Inner>, prefix: String) -> Result<TreeWatchStream> {
-    let (out, stream) = tree_watch();
-    let mut target = Target::Tree {
-        prefix,
-        snapshot: BTreeMap::new(),
-        out,
-    };
-    let rev = target.reload(&inner).await?;
-    tokio::spawn(run(inner, target, rev));
-    Ok(stream)
-}
-
-/// Opens an etcd watch of `(start, end)` from revision `from`.
+/// Opens an etcd watch of `(start, end)` (`end` empty: one key) from revision `from`,
+/// bounded by the store's timeout.
 pub(crate) async fn open(
     inner: &Inner,
     start: Vec<u8>,
@@ -168,136 +25,147 @@ pub(crate) async fn open(
     name: &str,
 ) -> Result<etcd_client::WatchStream> {
     let mut client = inner.watch.clone();
-    let ctx = inner.ctx("watch", name);
     let mut opts = WatchOptions::new().with_start_revision(from);
     if !end.is_empty() {
         opts = opts.with_range(end);
     }
-    timed("watch", inner.timeout, async {
-        client
-            .watch(start, Some(opts))
-            .await
-            .map_err(|e| map_err(e, &ctx))
-    })
-    .await
+    inner
+        .bounded("watch", async {
+            client
+                .watch(start, Some(opts))
+                .await
+                .map_err(|e| map_err(e, &inner.ctx("watch", name)))
+        })
+        .await
 }
 
-enum Step {
-    Dropped,
-    Closed,
-    Message(std::result::Result<Option<etcd_client::WatchResponse>, etcd_client::Error>),
+/// What a feed follows: one key or the subtree of a prefix (normalized, namespace-relative).
+enum Target {
+    Key(String),
+    Tree(String),
 }
 
-/// Follows the target from revision `rev` + 1 until the caller drops the stream or the store
-/// is closed.
-async fn run(inner: Arc<Inner>, mut target: Target, mut rev: i64) {
-    let mut backoff = Backoff::default();
-    // Consecutive failures: the first broken stream is re-opened at once without an error item.
-    let mut failures = 0u32;
-    loop {
-        if inner.is_closed() {
-            target.error(Error::Closed);
-            return;
+/// The [`Feed`] of one watch: its own etcd watch stream, opened on demand.
+struct EtcdFeed {
+    inner: Arc<Inner>,
+    target: Target,
+    stream: Option<etcd_client::WatchStream>,
+}
+
+impl EtcdFeed {
+    fn name(&self) -> &str {
+        match &self.target {
+            Target::Key(k) | Target::Tree(k) => k,
         }
-        let (start, end) = target.range(&inner);
-        let opened = tokio::select! {
-            _ = target.dropped() => return,
-            _ = inner.wait_closed() => None,
-            r = open(&inner, start, end, rev + 1, target.name()) => Some(r),
+    }
+
+    /// The watched range in stored form.
+    fn range(&self) -> (Vec<u8>, Vec<u8>) {
+        match &self.target {
+            Target::Key(key) => (self.inner.full(key).into_bytes(), Vec::new()),
+            Target::Tree(prefix) => self.inner.subtree(prefix),
+        }
+    }
+
+    /// The user key of an event's stored key (`None`: not a visible kv key).
+    fn user_key(&self, stored: &[u8]) -> Option<String> {
+        match &self.target {
+            // A key watch's range is exactly its key.
+            Target::Key(key) => Some(key.clone()),
+            Target::Tree(_) => self.inner.user_key(stored),
+        }
+    }
+
+    fn broken(&mut self, message: String) -> Error {
+        self.stream = None;
+        Error::Unreachable {
+            endpoint: self.inner.endpoints.clone(),
+            message,
+            source: None,
+        }
+    }
+}
+
+#[async_trait]
+impl Feed for EtcdFeed {
+    async fn read(&mut self) -> Result<(Vec<KvPair>, u64)> {
+        let inner = &self.inner;
+        let (pairs, rev) = match &self.target {
+            Target::Key(key) => {
+                let (pair, rev) = inner.bounded("get", inner.read_key(key, true)).await?;
+                (pair.into_iter().collect(), rev)
+            }
+            Target::Tree(prefix) => inner.bounded("list", inner.read_tree(prefix)).await?,
         };
-        let mut stream = match opened {
+        Ok((pairs, version_of(rev)))
+    }
+
+    async fn next(&mut self, cursor: u64) -> Result<Update> {
+        let stream = match &mut self.stream {
+            Some(s) => s,
             None => {
-                target.error(Error::Closed);
-                return;
-            }
-            Some(Ok(s)) => s,
-            Some(Err(e)) => {
-                failures += 1;
-                if !target.error(e) {
-                    return;
-                }
-                if !pause(&inner, &target, &mut backoff).await {
-                    return;
-                }
-                continue;
+                let (start, end) = self.range();
+                let from = i64::try_from(cursor).unwrap_or(i64::MAX - 1) + 1;
+                let s = open(&self.inner, start, end, from, self.name()).await?;
+                self.stream.insert(s)
             }
         };
-        let broken: Option<Error> = loop {
-            let step = tokio::select! {
-                _ = target.dropped() => Step::Dropped,
-                _ = inner.wait_closed() => Step::Closed,
-                m = stream.message() => Step::Message(m),
-            };
-            match step {
-                Step::Dropped => return,
-                Step::Closed => {
-                    target.error(Error::Closed);
-                    return;
-                }
-                Step::Message(Ok(Some(resp))) => {
-                    if resp.compact_revision() > 0 {
-                        // History up to there is gone: re-read and go on from the read.
-                        match target.reload(&inner).await {
-                            Ok(r) => {
-                                rev = r;
-                                break None;
-                            }
-                            Err(e) => break Some(e),
-                        }
-                    }
-                    if resp.canceled() {
-                        break Some(Error::Unreachable {
-                            endpoint: inner.endpoints.clone(),
-                            message: format!("etcd cancelled the watch: {}", resp.cancel_reason()),
-                            source: None,
-                        });
-                    }
-                    let events = resp.events();
-                    if let Some(last) = events
-                        .iter()
-                        .filter_map(|e| e.kv())
-                        .map(|kv| kv.mod_revision())
-                        .max()
-                    {
-                        rev = rev.max(last);
-                    }
-                    if !events.is_empty() && !target.apply(&inner, events) {
-                        return;
-                    }
-                    failures = 0;
-                    backoff.reset();
-                }
-                Step::Message(Ok(None)) => {
-                    break Some(Error::Unreachable {
-                        endpoint: inner.endpoints.clone(),
-                        message: "the etcd watch stream ended".into(),
-                        source: None,
-                    })
-                }
-                Step::Message(Err(e)) => {
-                    break Some(map_err(e, &inner.ctx("watch", target.name())))
-                }
+        let resp = match stream.message().await {
+            Ok(Some(resp)) => resp,
+            Ok(None) => return Err(self.broken("the etcd watch stream ended".into())),
+            Err(e) => {
+                self.stream = None;
+                return Err(map_err(e, &self.inner.ctx("watch", self.name())));
             }
         };
-        drop(stream);
-        if let Some(e) = broken {
-            if failures > 0 && !target.error(e) {
-                return;
-            }
-            failures += 1;
-            if failures > 1 && !pause(&inner, &target, &mut backoff).await {
-                return;
-            }
+        if resp.compact_revision() > 0 {
+            // History after the cursor is gone: the engine re-reads, then asks again.
+            self.stream = None;
+            return Ok(Update::Resync);
         }
+        if resp.canceled() {
+            let why = format!("etcd cancelled the watch: {}", resp.cancel_reason());
+            return Err(self.broken(why));
+        }
+        // The creation answer and progress notices carry no events: still a sign of life.
+        let mut last = cursor;
+        let mut events = Vec::with_capacity(resp.events().len());
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            let version = version_of(kv.mod_revision());
+            last = last.max(version);
+            let Some(key) = self.user_key(kv.key()) else {
+                continue;
+            };
+            events.push(match ev.event_type() {
+                EventType::Put => Event::Put(KvPair {
+                    key,
+                    value: kv.value().to_vec(),
+                    version,
+                }),
+                EventType::Delete => Event::Delete { key, version },
+            });
+        }
+        Ok(Update::Events(events, last))
     }
 }
 
-/// Waits for the next back-off delay; `false` if the stream was dropped or the store closed
-/// meanwhile (the closed case has sent its final error item).
-async fn pause(inner: &Inner, target: &Target, backoff: &mut Backoff) -> bool {
-    tokio::select! {
-        _ = target.dropped() => false,
-        _ = inner.wait_closed() => true, // the loop head reports Closed
-        _ = backoff.wait() => true,
-    }
+/// Starts a watch of one key: reads it (errors are returned directly), then follows it.
+pub(crate) async fn watch_key(inner: &Arc<Inner>, key: &str) -> Result<WatchStream> {
+    let feed = EtcdFeed {
+        inner: inner.clone(),
+        target: Target::Key(key.to_string()),
+        stream: None,
+    };
+    raw::watch_key(BACKEND, inner.life.clone(), key.to_string(), feed).await
+}
+
+/// Starts a watch of a subtree: lists it (errors are returned directly), then follows it.
+pub(crate) async fn watch_tree(inner: &Arc<Inner>, prefix: &str) -> Result<TreeWatchStream> {
+    let feed = EtcdFeed {
+        inner: inner.clone(),
+        target: Target::Tree(prefix.to_string()),
+        stream: None,
+    };
+    raw::watch_tree(BACKEND, inner.life.clone(), prefix.to_string(), feed).await
 }

@@ -356,13 +356,18 @@ async fn auth_right_and_wrong_password() {
         .unwrap();
     s.put("k", b"v", PutOptions::default()).await.unwrap();
     assert_eq!(s.get("k").await.unwrap().value, b"v");
+    let dbg = format!("{s:?}");
+    assert!(!dbg.contains("s3cret") && dbg.contains("auth"), "{dbg}");
     let s2 = EtcdStore::from_url(&format!("etcd://{ep}/auth?user=root&password=s3cret"))
         .await
         .unwrap();
     assert_eq!(s2.get("k").await.unwrap().value, b"v");
     let started = Instant::now();
     match EtcdStore::from_url(&format!("etcd://root:wrong@{ep}/auth")).await {
-        Err(Error::Unauthorized { message, .. }) => println!("wrong password: {message}"),
+        Err(Error::Unauthorized { message, .. }) => {
+            assert!(!message.contains("wrong"), "{message}");
+            println!("wrong password: {message}")
+        }
         other => panic!("{other:?}"),
     }
     assert!(started.elapsed() < Duration::from_secs(10));
