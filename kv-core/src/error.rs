@@ -5,6 +5,22 @@ use std::time::Duration;
 /// A boxed error from a backend client, kept as the `source` of an [`Error`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// An error and its `source` chain in one line (`outer: inner: root`), skipping a source whose
+/// text the line already holds. Drivers use it to put a client error's causes in a message.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
 /// `Result` with kv's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -327,17 +327,21 @@ impl ConnectUrl {
 /// ```
 /// assert_eq!(kv_core::url::redact("etcd://me:pw@h/app"), "etcd://me:***@h/app");
 /// assert_eq!(kv_core::url::redact("zk://h/app"), "zk://h/app");
+/// assert_eq!(kv_core::url::redact("etcd:/me:pw@h"), "etcd:/me:***@h");
+/// assert_eq!(kv_core::url::redact("me:pw@h"), "me:***@h");
 /// ```
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(a)) if a > s => {
-            let userinfo = &url[s + 3..a];
-            match userinfo.split_once(':') {
-                Some((u, _)) => format!("{}{u}:***{}", &url[..s + 3], &url[a..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
+    // The user info ends at the last '@' and starts after the last '/' before it (or at the
+    // start); everything after its first ':' is hidden. Malformed strings ("etcd:/me:pw@h",
+    // "etcd:me:pw@h", which hides the user too) are redacted as well.
+    let Some(at) = url.rfind('@') else {
+        return url.to_string();
+    };
+    let head = &url[..at];
+    let start = head.rfind('/').map(|i| i + 1).unwrap_or(0);
+    match head[start..].find(':') {
+        Some(colon) => format!("{}:***{}", &url[..start + colon], &url[at..]),
+        None => url.to_string(),
     }
 }
 

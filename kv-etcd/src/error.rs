@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use etcd_client::Error as EtcdError;
+use kv_core::raw::error_chain;
 use kv_core::Error;
 use tonic::Code;
 
@@ -22,24 +23,9 @@ pub(crate) struct Ctx<'a> {
     pub timeout: Duration,
 }
 
-/// The error and its sources, joined with `": "` (the text the markers below are matched in).
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
-}
-
 /// True when etcd says the lease no longer exists (expired or revoked).
 pub(crate) fn is_lease_gone(e: &EtcdError) -> bool {
-    chain(e).contains("lease not found")
+    error_chain(e).contains("lease not found")
 }
 
 fn contains_any(haystack: &str, needles: &[&str]) -> bool {
@@ -101,7 +87,7 @@ const RETRYABLE_MARKERS: &[&str] = &[
 /// Maps an etcd-client error to a kv error: the one place that decides the kind, and for
 /// [`Error::Backend`] whether the call is worth retrying.
 pub(crate) fn map_err(e: EtcdError, ctx: &Ctx<'_>) -> Error {
-    let text = chain(&e);
+    let text = error_chain(&e);
     let unreachable = |message: String, source: EtcdError| Error::Unreachable {
         endpoint: ctx.endpoints.to_string(),
         message,

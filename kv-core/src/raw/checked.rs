@@ -29,6 +29,7 @@ use crate::watch::{TreeWatchStream, WatchStream};
 /// carrying `outcome` and `elapsed` (nothing is done when no subscriber listens).
 ///
 /// Driver-specific methods stay reachable through `Deref` (`store.namespace()`).
+#[derive(Clone)]
 pub struct Checked<D> {
     driver: D,
 }

@@ -20,7 +20,7 @@
 //!
 //! A minimal driver is `kv-memory`: read it first.
 //!
-//! ```ignore
+//! ```text
 //! pub struct MyDriver { info: DriverInfo, life: Lifecycle, /* client */ }
 //! #[async_trait]
 //! impl Driver for MyDriver { /* put/get/... on checked, normalized keys */ }
@@ -53,6 +53,7 @@ pub use namespace::Namespace;
 pub use secret::Secret;
 pub use tls::{read_pem, TlsFiles, TLS_OPTIONS};
 
+pub use crate::error::error_chain;
 pub use crate::key::{check_previous, check_value_size, in_subtree, subtree_start};
 pub use crate::lock::{lost_signal, LockRelease, LostNotifier};
 pub use crate::watch::{key_watch, tree_watch, KeyWatcher, TreeWatcher, WatchSink};
