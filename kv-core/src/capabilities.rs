@@ -28,7 +28,8 @@ pub struct Capabilities {
     pub min_ttl: Duration,
     /// Longest TTL honoured (keys and locks), `None` for no limit.
     pub max_ttl: Option<Duration>,
-    /// Shortest lock TTL, when locks need more than [`min_ttl`](Self::min_ttl) (zero: the same).
+    /// Shortest lock TTL when it differs from [`min_ttl`](Self::min_ttl) (zero: `min_ttl`).
+    /// Consul, for example, honours 10 s session TTLs for locks but 20 s TTLs for keys.
     pub lock_min_ttl: Duration,
 }
 
@@ -56,9 +57,13 @@ impl Capabilities {
         }
     }
 
-    /// The shortest lock TTL: [`lock_min_ttl`](Self::lock_min_ttl), at least `min_ttl`.
+    /// The shortest lock TTL: [`lock_min_ttl`](Self::lock_min_ttl), or `min_ttl` when zero.
     pub fn shortest_lock_ttl(&self) -> Duration {
-        self.lock_min_ttl.max(self.min_ttl)
+        if self.lock_min_ttl.is_zero() {
+            self.min_ttl
+        } else {
+            self.lock_min_ttl
+        }
     }
 
     /// `Unsupported` unless locks are supported and `ttl` is within the lock TTL limits.
@@ -110,5 +115,18 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("10s to 100s"), "{e}");
         assert!(caps.check_lock_ttl(Duration::from_secs(101), "x").is_err());
+        // A lock minimum below the key minimum (Consul: 10 s sessions, 20 s keys).
+        let consul = Capabilities {
+            min_ttl: Duration::from_secs(20),
+            lock_min_ttl: Duration::from_secs(10),
+            ..caps
+        };
+        assert!(consul.check_lock_ttl(Duration::from_secs(15), "x").is_ok());
+        assert!(consul.check_lock_ttl(Duration::from_secs(9), "x").is_err());
+        let plain = Capabilities {
+            lock_min_ttl: Duration::ZERO,
+            ..caps
+        };
+        assert!(plain.check_lock_ttl(Duration::from_secs(1), "x").is_ok());
     }
 }
