@@ -21,8 +21,8 @@ async fn tokens() {
     let p = s.put("k", b"v", PutOptions::default()).await.unwrap();
     assert_eq!(s.get("k").await.unwrap(), p);
     let cfg = ConsulConfig::new([consul.addr()])
-        .namespace("acl")
-        .token(token.clone());
+        .with_namespace("acl")
+        .with_token(token.clone());
     let s2 = ConsulStore::connect(cfg).await.unwrap();
     assert_eq!(s2.get("k").await.unwrap(), p);
 
