@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kv_core::raw::{Connect, DriverInfo, HeldLocks, Lifecycle, Namespace};
+use kv_core::url::host_list;
 use kv_core::{async_trait, Consistency, Error, Result};
 use reqwest::Method;
 
@@ -12,17 +13,27 @@ use crate::http::Http;
 use crate::store::{capabilities, Inner};
 use crate::{ConsulConfig, ConsulDriver, BACKEND, DEFAULT_PORT};
 
-/// `http://host:port` or `https://host:port` of one agent address.
-pub(crate) fn normalize_endpoint(host: &str, https: bool) -> Result<String> {
-    let h = host.trim();
-    if h.contains("://") {
+/// `http://host:port` or `https://host:port` of each agent address (IPv6-safe, port 8500
+/// by default).
+pub(crate) fn agent_urls(hosts: &[String], https: bool) -> Result<Vec<String>> {
+    if let Some(h) = hosts.iter().find(|h| h.contains("://")) {
         return Err(Error::config(format!(
-            "agent address {h:?} must be host:port, without a scheme (use ?tls=true for https)"
+            "agent address {:?} must be host:port, without a scheme (use ?tls=true for https)",
+            h.trim()
         )));
     }
-    let hp = kv_core::url::host_port(h, DEFAULT_PORT)
-        .map_err(|e| Error::config(format!("agent address: {e}")))?;
-    Ok(format!("{}://{hp}", if https { "https" } else { "http" }))
+    let scheme = if https { "https" } else { "http" };
+    Ok(host_list(hosts.iter().map(|h| h.trim()), DEFAULT_PORT)
+        .map_err(|e| Error::config(format!("agent address: {e}")))?
+        .into_iter()
+        .map(|hp| format!("{scheme}://{hp}"))
+        .collect())
+}
+
+/// [`agent_urls`] of one address.
+#[cfg(test)]
+pub(crate) fn normalize_endpoint(host: &str, https: bool) -> Result<String> {
+    Ok(agent_urls(&[host.to_string()], https)?.remove(0))
 }
 
 /// The connect timeout: configured, or the timeout shared among the agents (at least 200 ms).
@@ -192,11 +203,7 @@ impl Connect for ConsulDriver {
         let ns = Namespace::new(&config.namespace)
             .map_err(|e| Error::config(format!("namespace {:?}: {e}", config.namespace)))?;
         let (client, https, connect_timeout) = build_client(&config)?;
-        let bases = config
-            .endpoints
-            .iter()
-            .map(|h| normalize_endpoint(h, https))
-            .collect::<Result<Vec<_>>>()?;
+        let bases = agent_urls(&config.endpoints, https)?;
         let http = Http::new(
             client,
             bases,
