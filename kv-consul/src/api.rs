@@ -7,7 +7,8 @@ use kv_core::{Consistency, Error, Result};
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use crate::http::{encode_path, to_error, Failure, Http, Response};
+use crate::error::{to_error, Failure};
+use crate::http::{encode_path, Http, Response};
 
 /// `Flags` of a key written with a TTL (attached to a `delete` session).
 pub(crate) const TTL_FLAG: u64 = 0x6b76_5f74_746c_0001; // "kv_ttl" + 1

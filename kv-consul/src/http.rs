@@ -1,5 +1,4 @@
-//! The HTTP layer: one reqwest client, several agent addresses with failover, the ACL token,
-//! and the one function that maps Consul failures to [`kv_core::Error`].
+//! The HTTP layer: one reqwest client, several agent addresses with failover, the ACL token.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -8,7 +7,7 @@ use kv_core::{Error, Result};
 use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
 
-use crate::BACKEND;
+use crate::error::{is_tls_rejection, to_error, Failure};
 
 const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-consul-token");
 
@@ -24,169 +23,6 @@ impl Response {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).trim().to_string()
     }
-}
-
-/// What went wrong talking to Consul, before it becomes a [`kv_core::Error`] in [`to_error`].
-pub(crate) enum Failure {
-    /// The request never got an HTTP answer.
-    Transport {
-        endpoint: String,
-        error: reqwest::Error,
-        /// The connect timeout in force.
-        timeout: Duration,
-    },
-    /// The call overran its time budget.
-    Timeout { operation: String, after: Duration },
-    /// An HTTP answer with an unexpected status.
-    Status {
-        operation: String,
-        key: String,
-        status: StatusCode,
-        body: String,
-    },
-    /// A transaction error entry (`What`) that is not a compare failure.
-    TxnWhat {
-        operation: String,
-        key: String,
-        what: String,
-    },
-    /// A body we could not decode.
-    Decode { operation: String, message: String },
-}
-
-/// Maps every Consul / transport failure to a kv error (the driver's one mapping function).
-pub(crate) fn to_error(f: Failure) -> Error {
-    match f {
-        Failure::Transport {
-            endpoint,
-            error,
-            timeout,
-        } => {
-            let message = error_chain(&error);
-            if error.is_timeout() {
-                return Error::Timeout {
-                    operation: format!("connecting to {endpoint}"),
-                    after: timeout,
-                };
-            }
-            let lower = causes(&error);
-            if lower.contains("certificate required")
-                || lower.contains("bad certificate")
-                || lower.contains("certificaterequired")
-                || lower.contains("badcertificate")
-            {
-                return Error::Unauthorized {
-                    message: format!("{endpoint} refused the client certificate: {message}"),
-                    source: Some(Box::new(error)),
-                };
-            }
-            Error::Unreachable {
-                endpoint,
-                message,
-                source: Some(Box::new(error)),
-            }
-        }
-        Failure::Timeout { operation, after } => Error::Timeout { operation, after },
-        Failure::Status {
-            operation,
-            key,
-            status,
-            body,
-        } => match status.as_u16() {
-            401 | 403 => Error::Unauthorized {
-                message: format!("{operation}: {body}"),
-                source: None,
-            },
-            413 => {
-                let max = body
-                    .split("max size: ")
-                    .nth(1)
-                    .and_then(|s| s.split_whitespace().next())
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(crate::MAX_VALUE_SIZE);
-                let size = body
-                    .split("Request body(")
-                    .nth(1)
-                    .and_then(|s| s.split_whitespace().next())
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0);
-                Error::ValueTooLarge {
-                    key,
-                    size,
-                    max,
-                    backend: BACKEND,
-                }
-            }
-            400 => Error::InvalidArgument {
-                message: format!("{operation}: Consul rejected the request: {body}"),
-            },
-            502..=504 => Error::Unreachable {
-                endpoint: operation,
-                message: format!("HTTP {status}: {body}"),
-                source: None,
-            },
-            _ => Error::Backend {
-                retryable: false,
-                backend: BACKEND,
-                message: format!("{operation}: HTTP {status}: {body}"),
-                source: None,
-            },
-        },
-        Failure::TxnWhat {
-            operation,
-            key,
-            what,
-        } => {
-            if what.contains("Permission denied") || what.contains("ACL not found") {
-                Error::Unauthorized {
-                    message: format!("{operation} on {key:?}: {what}"),
-                    source: None,
-                }
-            } else if what.contains("too large") {
-                Error::ValueTooLarge {
-                    key,
-                    size: 0,
-                    max: crate::MAX_VALUE_SIZE,
-                    backend: BACKEND,
-                }
-            } else {
-                Error::Backend {
-                    retryable: false,
-                    backend: BACKEND,
-                    message: format!("{operation} on {key:?}: {what}"),
-                    source: None,
-                }
-            }
-        }
-        Failure::Decode { operation, message } => Error::Backend {
-            retryable: false,
-            backend: BACKEND,
-            message: format!("{operation}: cannot decode Consul's answer: {message}"),
-            source: None,
-        },
-    }
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
-}
-
-/// The causes of a transport error, lowercased, without reqwest's own message: that message
-/// holds the request URL, hence the key, and a key may contain any word ("tls", ...).
-fn causes(e: &reqwest::Error) -> String {
-    std::error::Error::source(e)
-        .map(|c| error_chain(c).to_ascii_lowercase())
-        .unwrap_or_default()
 }
 
 /// Characters kept as-is in a key's URL path; everything else is percent-encoded.
@@ -301,6 +137,7 @@ impl Http {
                 Ok(resp) => {
                     if i > 0 {
                         self.current.store(idx, Ordering::Relaxed);
+                        tracing::info!(backend = "consul", agent = %base, "failed over to another agent");
                     }
                     let status = resp.status();
                     let index = resp
@@ -342,12 +179,6 @@ impl Http {
     }
 }
 
-/// A TLS verification failure is a configuration problem: do not hide it behind failover.
-fn is_tls_rejection(e: &reqwest::Error) -> bool {
-    let m = causes(e);
-    m.contains("certificate") || m.contains("tls")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,38 +192,11 @@ mod tests {
         assert_eq!(encode_path("", "ünï"), "%C3%BCn%C3%AF");
     }
 
-    #[test]
-    fn statuses_map_to_kinds() {
-        let st = |s: u16, body: &str| {
-            to_error(Failure::Status {
-                operation: "put".into(),
-                key: "k".into(),
-                status: StatusCode::from_u16(s).unwrap(),
-                body: body.into(),
-            })
-        };
-        assert!(matches!(
-            st(403, "Permission denied"),
-            Error::Unauthorized { .. }
-        ));
-        match st(
-            413,
-            "Request body(600000 bytes) too large, max size: 524288 bytes. See x",
-        ) {
-            Error::ValueTooLarge { size, max, .. } => {
-                assert_eq!(size, 600000);
-                assert_eq!(max, 524288);
-            }
-            e => panic!("{e:?}"),
-        }
-        assert!(matches!(st(500, "boom"), Error::Backend { .. }));
-        assert!(matches!(st(400, "bad"), Error::InvalidArgument { .. }));
-    }
-
     /// The request URL (which holds the key) must not decide how a transport error is read.
     #[tokio::test]
     async fn url_words_do_not_classify_transport_errors() {
-        let (client, _, timeout) = crate::build_client(&crate::ConsulConfig::new(["h"])).unwrap();
+        let (client, _, timeout) =
+            crate::connect::build_client(&crate::ConsulConfig::new(["h"])).unwrap();
         let dead = kv_testkit::free_port();
         let error = client
             .get(format!(

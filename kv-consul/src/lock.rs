@@ -5,16 +5,18 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kv_core::key::check_value_size;
-use kv_core::lock::{lost_signal, LostNotifier};
-use kv_core::retry::{timed, Backoff};
+use kv_core::raw::{lost_signal, CleanupGuard, LostNotifier};
+use kv_core::retry::Backoff;
 use kv_core::{async_trait, Consistency, Error, Lock, LockOptions, LockRelease, Result};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::api::{Entry, KvOp, TxnOutcome, LOCK_FLAG};
+use crate::error::{is_fatal_what, missing_result, what_error};
+use crate::store::Inner;
 use crate::watch::{next_index, WAIT};
-use crate::{is_fatal_what, Inner, BACKEND, MAX_TTL, MAX_VALUE_SIZE, MIN_LOCK_TTL};
+use crate::write::session_guard;
+use crate::{BACKEND, MIN_LOCK_TTL};
 
 /// Consul's session TTL for a lock TTL: half of it (invalidation happens after twice the
 /// session TTL), at least Consul's minimum of 10 s.
@@ -22,23 +24,27 @@ fn session_ttl(ttl: Duration) -> Duration {
     (ttl / 2).max(MIN_LOCK_TTL)
 }
 
-/// A session created for a lock attempt: destroyed (in the background) if the attempt is
-/// dropped or fails; renewed while waiting.
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A session created for a lock attempt, renewed while waiting; its [`CleanupGuard`]
+/// destroys it (in the background) if the attempt is dropped or fails.
 struct Pending {
-    inner: Arc<Inner>,
-    session: Option<String>,
-    renew: Option<tokio::task::JoinHandle<()>>,
+    id: String,
+    guard: CleanupGuard,
+    _renew: AbortOnDrop,
 }
 
 impl Pending {
-    async fn create(inner: Arc<Inner>, ttl: Duration) -> Result<Self> {
-        let t = inner.http.timeout;
-        let id = timed(
-            "new_lock",
-            t,
-            inner.http.session_create("kv-lock", "delete", ttl),
-        )
-        .await?;
+    async fn create(inner: &Arc<Inner>, ttl: Duration) -> Result<Self> {
+        let id = inner.http.session_create("kv-lock", "delete", ttl).await?;
+        let guard = session_guard(inner, &id);
         let renew = {
             let inner = inner.clone();
             let id = id.clone();
@@ -52,65 +58,32 @@ impl Pending {
             })
         };
         Ok(Pending {
-            inner,
-            session: Some(id),
-            renew: Some(renew),
+            id,
+            guard,
+            _renew: AbortOnDrop(renew),
         })
     }
 
-    fn id(&self) -> &str {
-        self.session.as_deref().unwrap_or_default()
-    }
-
-    /// Hands the session over to the holder task.
-    fn defuse(mut self) -> String {
-        if let Some(r) = self.renew.take() {
-            r.abort();
-        }
-        self.session.take().unwrap_or_default()
-    }
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        if let Some(r) = self.renew.take() {
-            r.abort();
-        }
-        if let Some(s) = self.session.take() {
-            let inner = self.inner.clone();
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    let _ = inner.http.session_destroy(&s).await;
-                });
-            }
-        }
+    /// Hands the session over to the holder task (renewal stops, nothing is destroyed).
+    fn defuse(self) -> String {
+        self.guard.disarm();
+        self.id
     }
 }
 
 pub(crate) async fn new_lock(inner: Arc<Inner>, key: String, opts: LockOptions) -> Result<Lock> {
-    if opts.ttl < MIN_LOCK_TTL || opts.ttl > MAX_TTL {
-        return Err(Error::unsupported(
-            format!(
-                "lock TTL of {:?} (this backend honours {MIN_LOCK_TTL:?} to {MAX_TTL:?})",
-                opts.ttl
-            ),
-            BACKEND,
-        ));
-    }
-    check_value_size(&key, &opts.value, MAX_VALUE_SIZE, BACKEND)?;
     let full = inner.full(&key);
     let sttl = session_ttl(opts.ttl);
-    let mut pending = Pending::create(inner.clone(), sttl).await?;
-    let mut shutdown = inner.shutdown.subscribe();
+    let mut pending = Pending::create(&inner, sttl).await?;
     let mut index = 0u64;
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+    let mut backoff = Backoff::default();
     // Transient errors while waiting are retried until they last longer than the store's
     // timeout; then the wait fails with the last error.
     let mut failing_since: Option<Instant> = None;
     let entry: Entry = loop {
-        inner.check_open()?;
+        inner.life.check()?;
         let r = tokio::select! {
-            _ = shutdown.changed() => return Err(Error::Closed),
+            _ = inner.life.closed() => return Err(Error::Closed),
             r = inner
                 .http
                 .kv_get(&full, Some((index, WAIT)), Consistency::Linearizable) => r,
@@ -126,7 +99,7 @@ pub(crate) async fn new_lock(inner: Arc<Inner>, key: String, opts: LockOptions) 
                     return Err(e);
                 }
                 tokio::select! {
-                    _ = shutdown.changed() => return Err(Error::Closed),
+                    _ = inner.life.closed() => return Err(Error::Closed),
                     _ = backoff.wait() => {}
                 }
                 continue;
@@ -134,7 +107,7 @@ pub(crate) async fn new_lock(inner: Arc<Inner>, key: String, opts: LockOptions) 
             Err(e) => return Err(e),
         };
         if let Some(e) = &cur {
-            if e.session.as_deref() == Some(pending.id()) {
+            if e.session.as_deref() == Some(pending.id.as_str()) {
                 // Our own earlier attempt took it (its answer was lost): we hold it.
                 break e.clone();
             }
@@ -146,32 +119,26 @@ pub(crate) async fn new_lock(inner: Arc<Inner>, key: String, opts: LockOptions) 
         }
         let op = KvOp::new("lock", &full)
             .value(&opts.value, LOCK_FLAG)
-            .session(pending.id());
-        match timed(
-            "new_lock",
-            inner.http.timeout,
-            inner.http.txn("lock", &[op]),
-        )
-        .await?
-        {
+            .session(&pending.id);
+        match inner.http.txn("lock", &[op]).await? {
             TxnOutcome::Ok(mut r) => match r.pop() {
                 Some(e) => break e,
-                None => return Err(crate::missing_result("lock")),
+                None => return Err(missing_result("lock")),
             },
             TxnOutcome::Rejected(errs) => {
                 index = 0;
                 if errs.iter().any(|e| e.what.contains("invalid session")) {
                     // Our session was invalidated while waiting: start over with a new one.
-                    pending = Pending::create(inner.clone(), sttl).await?;
+                    pending = Pending::create(&inner, sttl).await?;
                     continue;
                 }
                 if let Some(e) = errs.iter().find(|e| is_fatal_what(&e.what)) {
-                    return Err(crate::what_error("new_lock", &key, &e.what));
+                    return Err(what_error("new_lock", &key, &e.what));
                 }
                 if errs.iter().any(|e| e.what.contains("lock delay")) {
                     // Another client's session left a lock-delay on the key.
                     tokio::select! {
-                        _ = shutdown.changed() => return Err(Error::Closed),
+                        _ = inner.life.closed() => return Err(Error::Closed),
                         _ = backoff.wait() => {}
                     }
                 }
@@ -184,7 +151,7 @@ pub(crate) async fn new_lock(inner: Arc<Inner>, key: String, opts: LockOptions) 
         // Re-arm Consul's timer now: the session then outlives the lease's end (`ttl` after
         // acquisition), which the holder task enforces itself. (Still cancel-safe: `pending`
         // destroys the session if this future is dropped here.)
-        let _ = inner.http.session_renew(pending.id()).await;
+        let _ = inner.http.session_renew(&pending.id).await;
     }
     let session = pending.defuse();
     let (notifier, signal) = lost_signal(key.clone());
@@ -198,16 +165,19 @@ pub(crate) async fn new_lock(inner: Arc<Inner>, key: String, opts: LockOptions) 
         lease_end: (!opts.keep_alive).then(|| Instant::now() + opts.ttl),
         held_index: entry.modify_index,
     };
-    let task = tokio::spawn(holder.run(notifier, release_rx));
-    {
-        let mut tasks = inner.lock_tasks.lock().unwrap_or_else(|e| e.into_inner());
-        tasks.retain(|t| !t.is_finished());
-        tasks.push(task);
-    }
-    if inner.is_closed() {
-        // close() may have collected the tasks before ours was registered.
-        inner.shutdown.send_replace(true);
-    }
+    // Registered until it ends; `close` takes the registered tasks and waits for them (each
+    // sees the closed lifecycle, fires its signal and destroys its session).
+    let (id_tx, id_rx) = oneshot::channel();
+    let task = tokio::spawn({
+        let inner = inner.clone();
+        async move {
+            holder.run(notifier, release_rx).await;
+            if let Ok(id) = id_rx.await {
+                inner.locks.remove(id);
+            }
+        }
+    });
+    let _ = id_tx.send(inner.locks.insert(task));
     Ok(Lock::new(
         key,
         opts.value,
@@ -262,6 +232,7 @@ impl Holder {
         let exit = self.watch(&mut release_rx).await;
         match exit {
             Exit::Lost(reason) => {
+                tracing::info!(backend = BACKEND, key = %self.full, %reason, "lock lost");
                 notifier.fire(reason);
                 let _ = self.destroy().await;
                 // A release request that raced with the loss still gets its answer.
@@ -291,8 +262,8 @@ impl Holder {
     }
 
     async fn watch(&self, release_rx: &mut oneshot::Receiver<Reply>) -> Exit {
-        let mut shutdown = self.inner.shutdown.subscribe();
-        if *shutdown.borrow() {
+        let life = &self.inner.life;
+        if life.is_closed() {
             return Exit::Lost("the store was closed".into());
         }
         let renew_every = self.session_ttl / 3;
@@ -320,7 +291,7 @@ impl Holder {
                         Err(_) => Exit::Lost("the lock handle was dropped".into()),
                     };
                 }
-                _ = shutdown.changed() => return Exit::Lost("the store was closed".into()),
+                _ = life.closed() => return Exit::Lost("the store was closed".into()),
                 _ = tokio::time::sleep_until(lease_end) => {
                     return Exit::Lost(
                         "its lease ended (keep_alive = false and the TTL passed)".into(),
@@ -368,7 +339,7 @@ impl Holder {
                             // Renewal decides about loss while the agent is unreachable.
                             tokio::select! {
                                 _ = backoff.wait() => {}
-                                _ = shutdown.changed() => return Exit::Lost("the store was closed".into()),
+                                _ = life.closed() => return Exit::Lost("the store was closed".into()),
                             }
                         }
                     }

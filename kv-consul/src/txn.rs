@@ -2,10 +2,16 @@
 
 use std::collections::HashMap;
 
+use std::sync::Arc;
+
+use kv_core::raw::CleanupGuard;
 use kv_core::{Compare, Error, KvPair, Result, Txn, TxnOp, TxnResult};
 
-use crate::api::{Entry, KvOp, TxnOutcome, TTL_FLAG};
-use crate::{is_fatal_what, txn_error, what_error, Inner, BACKEND, MAX_TXN_OPS};
+use crate::api::{self, Entry, KvOp, TxnOutcome, TTL_FLAG};
+use crate::error::{contended, is_fatal_what, missing_result, txn_error, what_error};
+use crate::store::Inner;
+use crate::write::session_guard;
+use crate::{BACKEND, MAX_TXN_OPS};
 
 /// What a Consul op stands for.
 #[derive(Clone, Copy)]
@@ -16,22 +22,27 @@ enum Role {
     Op(usize),
 }
 
-pub(crate) async fn run(inner: &Inner, txn: Txn) -> Result<Vec<TxnResult>> {
-    // Sessions for TTL puts are created once and destroyed if the transaction is not applied.
+/// Runs a prepared, non-empty transaction.
+pub(crate) async fn run(inner: &Arc<Inner>, txn: Txn) -> Result<Vec<TxnResult>> {
+    // Sessions for TTL puts are created once and destroyed if the transaction is not applied
+    // (in the background if this call is dropped).
     let mut sessions: HashMap<usize, String> = HashMap::new();
-    let r = run_inner(inner, &txn, &mut sessions).await;
+    let mut guards: Vec<CleanupGuard> = Vec::new();
+    let r = run_inner(inner, &txn, &mut sessions, &mut guards).await;
     if r.is_err() {
         for s in sessions.values() {
             let _ = inner.http.session_destroy(s).await;
         }
     }
+    guards.into_iter().for_each(CleanupGuard::disarm);
     r
 }
 
 async fn run_inner(
-    inner: &Inner,
+    inner: &Arc<Inner>,
     txn: &Txn,
     sessions: &mut HashMap<usize, String>,
+    guards: &mut Vec<CleanupGuard>,
 ) -> Result<Vec<TxnResult>> {
     for (i, op) in txn.ops.iter().enumerate() {
         if let TxnOp::Put {
@@ -43,6 +54,7 @@ async fn run_inner(
                 .http
                 .session_create("kv-ttl", "delete", *ttl / 2)
                 .await?;
+            guards.push(session_guard(inner, &s));
             sessions.insert(i, s);
         }
     }
@@ -73,7 +85,7 @@ async fn run_inner(
             match op {
                 TxnOp::Put { value, .. } => match sessions.get(&oi) {
                     None => {
-                        ops.push(KvOp::new("set", &full).value(value, crate::api::nonce()));
+                        ops.push(KvOp::new("set", &full).value(value, api::nonce()));
                         roles.push(Role::Op(oi));
                     }
                     Some(session) => {
@@ -117,9 +129,6 @@ async fn run_inner(
                  session need an extra unlock), the {BACKEND} backend accepts at most {MAX_TXN_OPS}",
                 ops.len()
             )));
-        }
-        if ops.is_empty() {
-            return Ok(Vec::new());
         }
 
         // Without writes Consul answers from its state store, not through Raft: ask for
@@ -165,12 +174,7 @@ async fn run_inner(
             }
         }
     }
-    Err(Error::Backend {
-        retryable: false,
-        backend: BACKEND,
-        message: "txn: the keys kept changing concurrently; gave up".into(),
-        source: None,
-    })
+    Err(contended("txn", ""))
 }
 
 async fn collect(
@@ -193,7 +197,7 @@ async fn collect(
         if let Role::Op(oi) = role {
             match &txn.ops[*oi] {
                 TxnOp::Put { key, value, .. } => {
-                    let e = last.ok_or_else(|| crate::missing_result("txn"))?;
+                    let e = last.ok_or_else(|| missing_result("txn"))?;
                     if op.verb == "set" {
                         if let Some(s) = e.session.clone().filter(|s| !s.is_empty()) {
                             detach.push((*oi, op.key.clone(), value.clone(), s, e.modify_index));
@@ -228,7 +232,7 @@ async fn collect(
         let ops = [
             KvOp::new("check-index", &full).index(index),
             KvOp::new("unlock", &full)
-                .value(&value, crate::api::nonce())
+                .value(&value, api::nonce())
                 .session(&session),
         ];
         if let TxnOutcome::Ok(mut r) = inner.http.txn("txn", &ops).await? {
@@ -238,6 +242,6 @@ async fn collect(
         }
     }
     out.into_iter()
-        .map(|r| r.ok_or_else(|| crate::missing_result("txn")))
+        .map(|r| r.ok_or_else(|| missing_result("txn")))
         .collect()
 }

@@ -1,23 +1,22 @@
-//! Watches through blocking queries.
+//! Watches: a [`Feed`] of blocking queries for kv-core's watch engine.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use kv_core::retry::Backoff;
-use kv_core::watch::{key_watch, tree_watch, WatchSink};
-use kv_core::{Error, KvPair, Result, TreeWatchStream, WatchStream};
+use kv_core::raw::{Feed, Update};
+use kv_core::{async_trait, KvPair, Result};
 
-use crate::Inner;
+use crate::store::Inner;
 
 /// `wait=` of every blocking query.
 pub(crate) const WAIT: Duration = Duration::from_secs(30);
 
 /// Pause when a blocking query came back without a new index (Consul < 1.12 returns early on
-/// missing keys), so the loop never spins.
+/// missing keys), so the watch never spins.
 const UNCHANGED_PAUSE: Duration = Duration::from_millis(100);
 
-/// The next index to block on, following Consul's rules: reset when the index goes backwards,
-/// never below 1 once a result was seen.
+/// The next index to block on, following Consul's rules: reset (0: a plain read) when the
+/// index goes backwards, never below 1 once a result was seen.
 pub(crate) fn next_index(prev: u64, got: u64) -> u64 {
     if got < prev {
         0
@@ -26,126 +25,84 @@ pub(crate) fn next_index(prev: u64, got: u64) -> u64 {
     }
 }
 
-enum Step<T> {
-    State(T, u64),
-    Failed(Error),
-    Stop,
+enum Target {
+    /// The stored key and the user key.
+    Key { full: String, key: String },
+    /// The raw Consul prefix of the subtree and the normalized prefix.
+    Tree { raw: String, prefix: String },
 }
 
-/// Runs one blocking query unless the watch is dropped or the store closed.
-async fn step<T, F>(
-    inner: &Inner,
-    shutdown: &mut tokio::sync::watch::Receiver<bool>,
-    closed: impl std::future::Future<Output = ()>,
-    query: F,
-) -> Step<T>
-where
-    F: std::future::Future<Output = Result<(T, u64)>>,
-{
-    if inner.is_closed() || *shutdown.borrow() {
-        return Step::Failed(Error::Closed);
-    }
-    tokio::select! {
-        _ = closed => Step::Stop,
-        _ = shutdown.changed() => Step::Failed(Error::Closed),
-        r = query => match r {
-            Ok((s, i)) => Step::State(s, i),
-            Err(e) => Step::Failed(e),
-        },
-    }
+/// One watch's blocking queries (one query in flight per watch).
+pub(crate) struct Blocking {
+    inner: Arc<Inner>,
+    target: Target,
 }
 
-async fn pause(
-    d: Duration,
-    shutdown: &mut tokio::sync::watch::Receiver<bool>,
-    closed: impl std::future::Future<Output = ()>,
-) -> bool {
-    tokio::select! {
-        _ = closed => false,
-        _ = shutdown.changed() => true,
-        _ = tokio::time::sleep(d) => true,
-    }
-}
-
-pub(crate) fn watch_key(inner: Arc<Inner>, key: String) -> WatchStream {
-    let (w, stream) = key_watch();
-    let full = inner.full(&key);
-    let query = move |inner: Arc<Inner>, index: u64| {
-        let (full, key) = (full.clone(), key.clone());
-        async move {
-            let (e, i) = inner
-                .http
-                .kv_get(&full, Some((index, WAIT)), inner.read)
-                .await?;
-            let pair = match e {
-                Some(e) => Some(KvPair::new(key, e.value_bytes()?, e.modify_index)),
-                None => None,
-            };
-            Ok((pair, i))
+impl Blocking {
+    pub fn key(inner: Arc<Inner>, key: &str) -> Self {
+        let full = inner.full(key);
+        Blocking {
+            inner,
+            target: Target::Key {
+                full,
+                key: key.to_string(),
+            },
         }
-    };
-    tokio::spawn(blocking_loop(inner, w, query));
-    stream
-}
+    }
 
-pub(crate) fn watch_tree(inner: Arc<Inner>, prefix: String) -> TreeWatchStream {
-    let (w, stream) = tree_watch();
-    let raw = inner.raw_subtree(&prefix);
-    let query = move |inner: Arc<Inner>, index: u64| {
-        let (raw, prefix) = (raw.clone(), prefix.clone());
-        async move {
-            let (entries, i) = inner
-                .http
-                .kv_list(&raw, Some((index, WAIT)), inner.read)
-                .await?;
-            Ok((inner.subtree_pairs(&prefix, &entries)?, i))
+    pub fn tree(inner: Arc<Inner>, prefix: &str) -> Self {
+        let raw = inner.ns.subtree_start(prefix);
+        Blocking {
+            inner,
+            target: Target::Tree {
+                raw,
+                prefix: prefix.to_string(),
+            },
         }
-    };
-    tokio::spawn(blocking_loop(inner, w, query));
-    stream
-}
+    }
 
-/// The blocking-query loop of every watch: query at the last index, emit the state, follow
-/// Consul's index rules, report errors as `Err` items and back off, stop when the stream is
-/// dropped or the store closed.
-async fn blocking_loop<W, Q, F>(inner: Arc<Inner>, mut w: W, query: Q)
-where
-    W: WatchSink,
-    Q: Fn(Arc<Inner>, u64) -> F + Send,
-    F: std::future::Future<Output = Result<(W::State, u64)>> + Send,
-{
-    let mut shutdown = inner.shutdown.subscribe();
-    let mut index = 0u64;
-    let mut backoff = Backoff::default();
-    loop {
-        let q = query(inner.clone(), index);
-        match step(&inner, &mut shutdown, w.closed(), q).await {
-            Step::Stop => return,
-            Step::Failed(Error::Closed) => {
-                w.error(Error::Closed);
-                return;
+    /// The watched pairs and `X-Consul-Index`; blocks while the index is `index` (0: at once).
+    async fn query(&self, index: u64) -> Result<(Vec<KvPair>, u64)> {
+        let (inner, mode) = (&self.inner, self.inner.read);
+        match &self.target {
+            Target::Key { full, key } => {
+                let (e, got) = inner.http.kv_get(full, Some((index, WAIT)), mode).await?;
+                let pairs = match e {
+                    Some(e) => vec![KvPair::new(key.clone(), e.value_bytes()?, e.modify_index)],
+                    None => Vec::new(),
+                };
+                Ok((pairs, got))
             }
-            Step::Failed(e) => {
-                if !w.error(e) {
-                    return;
-                }
-                let d = backoff.next_delay();
-                if !pause(d, &mut shutdown, w.closed()).await {
-                    return;
-                }
-            }
-            Step::State(state, got) => {
-                backoff.reset();
-                let unchanged = got == index && index > 0;
-                if !w.emit(state) {
-                    return;
-                }
-                index = next_index(index, got);
-                if unchanged && !pause(UNCHANGED_PAUSE, &mut shutdown, w.closed()).await {
-                    return;
-                }
+            Target::Tree { raw, prefix } => {
+                let (entries, got) = inner.http.kv_list(raw, Some((index, WAIT)), mode).await?;
+                Ok((inner.subtree_pairs(prefix, &entries)?, got))
             }
         }
+    }
+}
+
+#[async_trait]
+impl Feed for Blocking {
+    /// A consistent (or, with `consistency=stale`, stale) read and its `X-Consul-Index`.
+    async fn read(&mut self) -> Result<(Vec<KvPair>, u64)> {
+        let (pairs, got) = self.query(0).await?;
+        Ok((pairs, next_index(0, got)))
+    }
+
+    /// The blocking query at `cursor`: the whole watched state at the new index.
+    async fn next(&mut self, cursor: u64) -> Result<Update> {
+        let (pairs, got) = self.query(cursor).await?;
+        if got < cursor {
+            tracing::debug!(
+                backend = crate::BACKEND,
+                cursor,
+                got,
+                "X-Consul-Index went backwards: index reset"
+            );
+        } else if got == cursor && cursor > 0 {
+            tokio::time::sleep(UNCHANGED_PAUSE).await;
+        }
+        Ok(Update::State(pairs, next_index(cursor, got)))
     }
 }
 

@@ -21,9 +21,15 @@ async fn tokens() {
     let p = s.put("k", b"v", PutOptions::default()).await.unwrap();
     assert_eq!(s.get("k").await.unwrap(), p);
     let cfg = ConsulConfig::new([consul.addr()])
-        .namespace("acl")
-        .token(token.clone());
+        .with_namespace("acl")
+        .with_token(token.clone());
+    assert!(!format!("{cfg:?}").contains(&token), "{cfg:?}");
     let s2 = ConsulStore::connect(cfg).await.unwrap();
+    // Neither the store's Debug shows the token.
+    for shown in [format!("{s:?}"), format!("{s2:?}")] {
+        assert!(!shown.contains(&token), "{shown}");
+        assert!(shown.contains("acl"), "{shown}");
+    }
     assert_eq!(s2.get("k").await.unwrap(), p);
 
     for url in [

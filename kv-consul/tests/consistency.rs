@@ -72,7 +72,7 @@ async fn fake_agent() -> (String, Arc<Mutex<Vec<String>>>) {
 /// Runs get, exists, list, a watch's first item and a get-only txn; returns the request
 /// lines of those reads (the connect probe excluded).
 async fn reads_with(config: ConsulConfig, seen: &Arc<Mutex<Vec<String>>>) -> Vec<String> {
-    let store = ConsulStore::connect(config.timeout(Duration::from_secs(5)))
+    let store = ConsulStore::connect(config.with_timeout(Duration::from_secs(5)))
         .await
         .unwrap();
     seen.lock().unwrap().clear();
@@ -98,7 +98,11 @@ async fn reads_with(config: ConsulConfig, seen: &Arc<Mutex<Vec<String>>>) -> Vec
 #[tokio::test]
 async fn default_reads_ask_for_consistent() {
     let (addr, seen) = fake_agent().await;
-    let lines = reads_with(ConsulConfig::new([addr.as_str()]).namespace("lin"), &seen).await;
+    let lines = reads_with(
+        ConsulConfig::new([addr.as_str()]).with_namespace("lin"),
+        &seen,
+    )
+    .await;
     // get, exists, list, the watch's first read, the txn.
     assert!(lines.len() >= 5, "{lines:?}");
     for l in &lines {
@@ -118,7 +122,7 @@ async fn stale_reads_ask_for_stale() {
     let (addr, seen) = fake_agent().await;
     let config = ConsulConfig::from_url(&format!("consul://{addr}/st?consistency=stale"))
         .unwrap()
-        .consistency(Consistency::Stale);
+        .with_consistency(Consistency::Stale);
     let lines = reads_with(config, &seen).await;
     assert!(lines.len() >= 5, "{lines:?}");
     for l in &lines {

@@ -239,7 +239,7 @@ async fn contract() {
         .await
         .unwrap();
     assert_eq!(s.get("lk").await.unwrap().value, b"me");
-    let s2 = ConsulStore::connect(ConsulConfig::new([consul.addr()]).namespace("contract"))
+    let s2 = ConsulStore::connect(ConsulConfig::new([consul.addr()]).with_namespace("contract"))
         .await
         .unwrap();
     let waiter = tokio::spawn(async move {

@@ -100,6 +100,25 @@ async fn server_tls() {
     let p = s.put("k", b"v", PutOptions::default()).await.unwrap();
     assert_eq!(s.get("k").await.unwrap(), p);
 
+    // domain=: the certificate is verified for that name instead of the host dialled.
+    let url = format!(
+        "consul://127.0.0.1:{port}/tls?ca={}&domain=server.dc1.consul",
+        good.ca.display()
+    );
+    let d = ConsulStore::from_url(&url).await.unwrap();
+    assert_eq!(d.get("k").await.unwrap(), p);
+    let url = format!(
+        "consul://127.0.0.1:{port}/tls?ca={}&domain=elsewhere.example&timeout=3s",
+        good.ca.display()
+    );
+    match ConsulStore::from_url(&url).await {
+        Err(Error::Unreachable { message, .. }) => {
+            assert!(message.to_lowercase().contains("certificate"), "{message}")
+        }
+        Err(e) => panic!("expected Unreachable naming the certificate, got {e:?}"),
+        Ok(_) => panic!("connected although the certificate is not for elsewhere.example"),
+    }
+
     // The wrong CA fails fast with a clear error.
     let t0 = Instant::now();
     let url = format!("consul://127.0.0.1:{port}/tls?ca={}", other.ca.display());
