@@ -6,7 +6,6 @@ mod api;
 mod config;
 mod connect;
 mod error;
-mod handle;
 mod http;
 mod lock;
 mod store;
@@ -16,11 +15,15 @@ mod write;
 
 use std::time::Duration;
 
-use kv_core::raw::{DriverDescriptor, NamespaceIn};
+use kv_core::raw::{Checked, DriverDescriptor, NamespaceIn};
 
 pub use config::ConsulConfig;
-pub use handle::ConsulStore;
 pub use store::ConsulDriver;
+
+/// A [`Store`](kv_core::Store) on Consul: [`ConsulDriver`] inside kv-core's checking layer.
+/// Clones are cheap handles on the same client and state (closing one closes all); driver
+/// methods (`store.namespace()`) are reached through `Deref`.
+pub type ConsulStore = Checked<ConsulDriver>;
 
 /// URL scheme of this driver: `consul://host:8500,host2:8500/namespace?options`.
 pub const URL_SCHEME: &str = "consul";
@@ -37,7 +40,7 @@ pub const DRIVER: DriverDescriptor = DriverDescriptor {
     schemes: &[URL_SCHEME],
     default_port: Some(DEFAULT_PORT),
     namespace_in: NamespaceIn::Path,
-    open: handle::open,
+    open: kv_core::raw::open::<ConsulDriver>,
 };
 
 /// Largest value accepted: 380 KiB. Consul's own KV limit is 512 KiB, but writes go through

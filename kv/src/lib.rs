@@ -11,7 +11,7 @@
 //! |---|---|---|
 //! | `sled` | `sled` | `sled:///var/lib/app/kv`, `sled://./data` |
 //! | `etcd` | `etcd` | `etcd://10.0.0.1:2379,10.0.0.2:2379/app` |
-//! | `zk` | `zookeeper` | `zk://10.0.0.1:2181,10.0.0.2:2181/app` |
+//! | `zk`, `zookeeper` | `zookeeper` | `zk://10.0.0.1:2181,10.0.0.2:2181/app` |
 //! | `consul` | `consul` | `consul://10.0.0.1:8500,10.0.0.2:8500/app` |
 //!
 //! ```
@@ -32,6 +32,7 @@ use std::sync::Arc;
 
 // The user API only: driver authors use `kv_core::raw` and the other `kv_core` modules.
 pub use kv_core::key::MAX_KEY_LEN;
+pub use kv_core::raw::DriverDescriptor;
 pub use kv_core::retry::DEFAULT_TIMEOUT;
 pub use kv_core::url::parse_duration;
 pub use kv_core::{discovery, election};
@@ -57,27 +58,39 @@ pub use kv_zookeeper as zookeeper;
 /// Every URL scheme this crate knows, with the cargo feature that enables it.
 pub const SCHEMES: &[(&str, &str)] = &[
     ("sled", "sled"),
+    ("memory", "memory"),
     ("etcd", "etcd"),
     ("zk", "zookeeper"),
+    ("zookeeper", "zookeeper"),
     ("consul", "consul"),
 ];
 
-/// The URL schemes enabled in this build.
-pub fn available_schemes() -> Vec<&'static str> {
-    [
-        #[cfg(feature = "sled")]
-        kv_sled::URL_SCHEME,
-        #[cfg(feature = "etcd")]
-        kv_etcd::URL_SCHEME,
-        #[cfg(feature = "zookeeper")]
-        kv_zookeeper::URL_SCHEME,
-        #[cfg(feature = "consul")]
-        kv_consul::URL_SCHEME,
-    ]
-    .to_vec()
+/// The drivers enabled in this build, in the order `open` tries their schemes.
+pub const DRIVERS: &[DriverDescriptor] = &[
+    #[cfg(feature = "sled")]
+    kv_sled::DRIVER,
+    #[cfg(feature = "etcd")]
+    kv_etcd::DRIVER,
+    #[cfg(feature = "zookeeper")]
+    kv_zookeeper::DRIVER,
+    #[cfg(feature = "consul")]
+    kv_consul::DRIVER,
+];
+
+/// The driver that opens URLs with `scheme`, if it is enabled in this build.
+pub fn driver_for(scheme: &str) -> Option<&'static DriverDescriptor> {
+    DRIVERS.iter().find(|d| d.handles(scheme))
 }
 
-/// Opens a store from a URL, dispatching on its scheme.
+/// The URL schemes enabled in this build.
+pub fn available_schemes() -> Vec<&'static str> {
+    DRIVERS
+        .iter()
+        .flat_map(|d| d.schemes.iter().copied())
+        .collect()
+}
+
+/// Opens a store from a URL, dispatching on its scheme to the enabled driver's descriptor.
 ///
 /// An unknown scheme, or one whose feature is disabled, is [`Error::Config`] listing the
 /// schemes this build supports. Each driver documents its own URL options.
@@ -89,16 +102,9 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
             available_schemes().join(", ")
         ))
     })?;
-    match scheme.as_str() {
-        #[cfg(feature = "sled")]
-        kv_sled::URL_SCHEME => Ok(Arc::new(kv_sled::SledStore::from_url(url).await?)),
-        #[cfg(feature = "etcd")]
-        kv_etcd::URL_SCHEME => Ok(Arc::new(kv_etcd::EtcdStore::from_url(url).await?)),
-        #[cfg(feature = "zookeeper")]
-        kv_zookeeper::URL_SCHEME => Ok(Arc::new(kv_zookeeper::ZkStore::from_url(url).await?)),
-        #[cfg(feature = "consul")]
-        kv_consul::URL_SCHEME => Ok(Arc::new(kv_consul::ConsulStore::from_url(url).await?)),
-        other => Err(unavailable_scheme(other, &available_schemes())),
+    match driver_for(&scheme) {
+        Some(d) => (d.open)(url).await,
+        None => Err(unavailable_scheme(&scheme, &available_schemes())),
     }
 }
 

@@ -67,3 +67,55 @@ async fn disabled_scheme_names_its_feature() {
         Ok(_) => panic!("expected an error"),
     }
 }
+
+/// No driver quotes a URL's password in an error, whatever is wrong with the URL.
+#[tokio::test]
+async fn errors_never_quote_a_password() {
+    let secret = "s3cret-Pw";
+    let mut urls = vec![
+        format!("://me:{secret}@h"),
+        format!("redis://me:{secret}@h/x"),
+    ];
+    for s in kv::available_schemes() {
+        urls.push(format!("{s}://me:{secret}@127.0.0.1:1/x?bogus_option=1"));
+        urls.push(format!("{s}://me:{secret}@/x"));
+        urls.push(format!("{s}://me:{secret}@127.0.0.1:99999/x"));
+        urls.push(format!("{s}://me:{secret}@127.0.0.1:1/a//b?timeout=1s"));
+        urls.push(format!("{s}://me:{secret}@127.0.0.1:1/x?timeout=fast"));
+    }
+    for url in urls {
+        let result = tokio::time::timeout(std::time::Duration::from_secs(30), kv::open(&url))
+            .await
+            .unwrap_or_else(|_| panic!("{url}: open not bounded"));
+        if let Err(e) = result {
+            let text = format!("{e} {e:?}");
+            assert!(
+                !text.contains(secret),
+                "{url}: the error quotes the password: {text}"
+            );
+        }
+    }
+}
+
+/// `kv::open` goes through the drivers' descriptors: every scheme of every enabled driver
+/// reaches its driver (a refused connection, not an unknown-scheme error).
+#[tokio::test]
+async fn every_descriptor_scheme_reaches_its_driver() {
+    for d in kv::DRIVERS {
+        for s in d.schemes {
+            assert_eq!(kv::driver_for(s).map(|x| x.name), Some(d.name));
+            if d.default_port.is_none() {
+                continue; // embedded: opened for real by other tests
+            }
+            let url = format!("{s}://127.0.0.1:1/ns?timeout=300ms");
+            let r = tokio::time::timeout(std::time::Duration::from_secs(30), kv::open(&url))
+                .await
+                .expect("open is bounded");
+            match r {
+                Err(Error::Unreachable { .. } | Error::Timeout { .. }) => {}
+                Err(e) => panic!("{url}: expected Unreachable or Timeout, got {e:?}"),
+                Ok(_) => panic!("{url}: nothing listens on port 1"),
+            }
+        }
+    }
+}

@@ -141,8 +141,8 @@ fn ttl_limits() {
         caps.check_ttl(Some(crate::MAX_TTL + Duration::from_secs(1)), "consul"),
         Err(Error::Unsupported { .. })
     ));
-    // Locks from 10 s: below the key minimum, so `ConsulStore` checks them itself.
-    let lock = crate::handle::check_lock_ttl;
+    // Locks from 10 s: below the key minimum (kv-core's layer checks them with these limits).
+    let lock = |ttl| caps.check_lock_ttl(ttl, "consul");
     assert!(lock(crate::MIN_LOCK_TTL).is_ok());
     assert!(lock(Duration::from_secs(15)).is_ok());
     assert!(matches!(
