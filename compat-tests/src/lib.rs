@@ -3,13 +3,46 @@
 //! Every sentence of [`kv_core`]'s contract that can be observed through the [`Store`] trait
 //! is a *scenario* here: an `async fn(store, ctx) -> Result<(), Failure>` grouped by topic
 //! ([`basic`], [`values`], [`list`], [`atomic`], [`watch`], [`lock`], [`ttl`], [`txn`],
-//! [`errors`], [`close`], and the recipes: [`fencing`], [`election`], [`discovery`]). [`scenarios`] lists them with the capabilities each needs; a
-//! scenario whose capability the backend lacks is replaced by an *unsupported check*
-//! ([`check_unsupported`]) asserting that the call returns [`Error::Unsupported`].
+//! [`errors`], [`close`], and the recipes: [`fencing`], [`election`], [`discovery`]).
+//! [`scenarios`] lists them with the capabilities each needs; a scenario whose capability
+//! the backend lacks is replaced by an *unsupported check* ([`check_unsupported`]) asserting
+//! that the call returns [`Error::Unsupported`].
 //!
-//! The runner (`tests/conformance.rs`) opens a store with `kv::open(url)` for the backend
-//! named by `KV_TEST` and turns every scenario into a libtest-mimic trial. Drivers do not
-//! register anywhere else: a backend reachable through `kv::open` is testable here.
+//! In this workspace the runner `tests/conformance.rs` opens the backend named by `KV_TEST`
+//! with `kv::open(url)` and turns every scenario into a libtest-mimic trial.
+//!
+//! ## Running the suite in a driver's own CI
+//!
+//! A driver written against [`kv_core::raw`] (outside this workspace too) runs the whole
+//! suite with [`run_suite`]: it takes the driver's [`DriverDescriptor`](kv_core::raw::DriverDescriptor)
+//! and a URL of a store without a namespace, opens every handle with the descriptor's
+//! `open`, puts the run into a fresh namespace `kvtest-<random>` (and nested namespaces
+//! inside it) the way the descriptor says its URLs carry one, runs every scenario (4 at a
+//! time, each bounded by [`SCENARIO_TIMEOUT`]), deletes what it wrote and returns a
+//! [`Report`]. Add `compat-tests` and `tokio` as dev-dependencies and a test such as
+//! `tests/conformance.rs`:
+//!
+//! ```no_run
+//! // tests/conformance.rs of the crate `my-driver` (exports `pub const DRIVER: DriverDescriptor`)
+//! # mod my_driver { pub const DRIVER: kv_core::raw::DriverDescriptor = kv_core::raw::DriverDescriptor {
+//! #     name: "my", schemes: &["my"], default_port: None,
+//! #     namespace_in: kv_core::raw::NamespaceIn::Path,
+//! #     open: |_| Box::pin(async { Err(kv_core::Error::config("example")) }) }; }
+//! #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+//! async fn conformance() {
+//!     let url = std::env::var("MY_URL").unwrap_or_else(|_| "my://127.0.0.1:1234".into());
+//!     let report = compat_tests::run_suite(&my_driver::DRIVER, &url)
+//!         .await
+//!         .expect("open the store under test");
+//!     println!("{}", report.summary()); // conformance my: 69 passed, 0 failed, 0 unsupported
+//!     report.assert_passed(); // panics listing every failed scenario
+//! }
+//! ```
+//!
+//! For more control (another opener, one scenario at a time, your own reporting) build a
+//! [`Target`] and call [`Target::run`] per [`Scenario`] or [`Target::run_all`].
+//! A driver whose capabilities say it lacks something gets unsupported checks instead of
+//! the scenarios: `U unsupported` counts them.
 
 #![warn(missing_docs)]
 
@@ -419,7 +452,12 @@ pub mod values;
 pub mod watch;
 
 mod registry;
+mod runner;
 pub use registry::{check_unsupported, scenarios, Cap, Scenario, ScenarioFn};
+pub use runner::{
+    descriptor_openers, random_id, run_suite, Report, ScenarioResult, Target, CONCURRENCY,
+    SCENARIO_TIMEOUT,
+};
 
 /// A spawned task that is aborted when dropped (so a failing scenario leaves no waiter
 /// behind); awaiting it gives its output, or a [`Failure`] if it panicked.

@@ -13,6 +13,7 @@
 //! | `etcd` | `etcd` | `etcd://10.0.0.1:2379,10.0.0.2:2379/app` |
 //! | `zk` | `zookeeper` | `zk://10.0.0.1:2181,10.0.0.2:2181/app` |
 //! | `consul` | `consul` | `consul://10.0.0.1:8500,10.0.0.2:8500/app` |
+//! | `memory` | `memory` | `memory://` (private), `memory://tests?namespace=app` (shared by name) |
 //!
 //! ```
 //! # async fn demo() -> kv::Result<()> {
@@ -35,6 +36,8 @@ pub use kv_core::*;
 pub use kv_consul as consul;
 #[cfg(feature = "etcd")]
 pub use kv_etcd as etcd;
+#[cfg(feature = "memory")]
+pub use kv_memory as memory;
 #[cfg(feature = "sled")]
 pub use kv_sled as sled;
 #[cfg(feature = "zookeeper")]
@@ -46,6 +49,7 @@ pub const SCHEMES: &[(&str, &str)] = &[
     ("etcd", "etcd"),
     ("zk", "zookeeper"),
     ("consul", "consul"),
+    ("memory", "memory"),
 ];
 
 /// The URL schemes enabled in this build.
@@ -59,6 +63,8 @@ pub fn available_schemes() -> Vec<&'static str> {
         kv_zookeeper::URL_SCHEME,
         #[cfg(feature = "consul")]
         kv_consul::URL_SCHEME,
+        #[cfg(feature = "memory")]
+        kv_memory::URL_SCHEME,
     ]
     .to_vec()
 }
@@ -83,6 +89,8 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
         kv_zookeeper::URL_SCHEME => Ok(Arc::new(kv_zookeeper::ZkStore::from_url(url).await?)),
         #[cfg(feature = "consul")]
         kv_consul::URL_SCHEME => Ok(Arc::new(kv_consul::ConsulStore::from_url(url).await?)),
+        #[cfg(feature = "memory")]
+        kv_memory::URL_SCHEME => (kv_memory::DRIVER.open)(url).await,
         other => Err(unavailable_scheme(other, &available_schemes())),
     }
 }
