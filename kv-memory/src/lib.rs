@@ -38,5 +38,5 @@ pub const DRIVER: DriverDescriptor = DriverDescriptor {
 
 /// A fresh, private, empty store (the same as `memory://`), without `await`.
 pub fn new_store() -> MemoryStore {
-    Checked::new(MemoryDriver::private())
+    Checked::new(MemoryDriver::open(MemoryConfig::default()).expect("no namespace is valid"))
 }

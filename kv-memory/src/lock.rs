@@ -3,76 +3,62 @@
 
 use std::sync::{Arc, Weak};
 
-use kv_core::lock::lost_signal;
 use kv_core::raw::HeldLocks;
-use kv_core::{async_trait, Error, Lock, LockOptions, LockRelease, Result};
+use kv_core::{async_trait, lock::lost_signal, Error, Lock, LockOptions, LockRelease, Result};
 
 use crate::state::{Holder, Shared};
 use crate::store::{deadline, MemoryDriver};
 
-/// Takes this waiter out of the queue when the acquisition ends, however it ends (taken,
-/// store closed, future dropped), and lets the next waiter look again.
-struct Waiting<'a> {
-    shared: &'a Arc<Shared>,
-    key: &'a str,
-    id: u64,
-}
+/// Takes a waiter out of the queue when its acquisition ends, however it ends (taken, store
+/// closed, future dropped), and lets the next waiter look again.
+struct Waiting<'a>(&'a Arc<Shared>, &'a str, u64);
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        let mut st = self.shared.lock();
-        if let Some(slot) = st.locks.get_mut(self.key) {
-            if let Some(i) = slot.queue.iter().position(|w| *w == self.id) {
-                slot.queue.remove(i);
-                slot.notify.notify_waiters();
+        let Waiting(shared, key, id) = *self;
+        shared.with(|st| {
+            if let Some(slot) = st.locks.get_mut(key) {
+                if let Some(i) = slot.queue.iter().position(|w| *w == id) {
+                    slot.queue.remove(i);
+                    slot.notify.notify_waiters();
+                }
             }
-        }
-        st.gc(self.key);
+            st.gc(key);
+        });
     }
 }
 
 pub(crate) async fn acquire(d: &MemoryDriver, key: &str, options: LockOptions) -> Result<Lock> {
     let sk = d.stored(key);
-    let (id, notify) = {
-        let mut st = d.shared.lock();
-        let id = st.next_id();
+    let (id, notify) = d.shared.with(|st| {
+        let id = st.next_rev(); // unique, like every revision
         let slot = st.locks.entry(sk.clone()).or_default();
         slot.queue.push_back(id);
         (id, slot.notify.clone())
-    };
-    let _waiting = Waiting {
-        shared: &d.shared,
-        key: &sk,
-        id,
-    };
-    let ttl = (!options.keep_alive).then_some(options.ttl);
+    });
+    let _waiting = Waiting(&d.shared, &sk, id);
+    let expires = || deadline((!options.keep_alive).then_some(options.ttl));
     let (version, signal) = loop {
         let notified = notify.notified();
         tokio::pin!(notified);
-        notified.as_mut().enable();
-        let taken = {
-            let mut st = d.shared.lock();
-            let slot = st
-                .locks
-                .get_mut(&sk)
-                .expect("a queued waiter keeps its slot");
-            if slot.holder.is_none() && slot.queue.front() == Some(&id) {
-                slot.queue.pop_front();
-                let rev = st.next_rev();
-                // A plain value at the key (held by no lock) is replaced.
-                st.write(&sk, Some((options.value.clone(), deadline(ttl))), rev);
-                let (notifier, signal) = lost_signal(key);
-                let slot = st.locks.entry(sk.clone()).or_default();
-                slot.holder = Some(Holder {
-                    id,
-                    version: rev,
-                    notifier,
-                });
-                Some((rev, signal))
-            } else {
-                None
+        notified.as_mut().enable(); // before looking: a release from now on wakes us
+        let taken = d.shared.with(|st| {
+            let slot = st.locks.get_mut(&sk)?;
+            if slot.holder.is_some() || slot.queue.front() != Some(&id) {
+                return None;
             }
-        };
+            slot.queue.pop_front();
+            // A plain value at the key (held by no lock) is replaced.
+            let version = st.set(&sk, &options.value, expires());
+            let (notifier, signal) = lost_signal(key);
+            let holder = Holder {
+                id,
+                version,
+                notifier,
+            };
+            st.locks.entry(sk.clone()).or_default().holder = Some(holder);
+            Some((version, signal))
+        });
         if let Some(t) = taken {
             break t;
         }
@@ -87,9 +73,10 @@ pub(crate) async fn acquire(d: &MemoryDriver, key: &str, options: LockOptions) -
         d.held.remove(held_id);
         release(&d.shared, &sk, id, Some("the store was closed"));
     }
+    let (shared, held) = (Arc::downgrade(&d.shared), Arc::downgrade(&d.held));
     let release = Release {
-        shared: Arc::downgrade(&d.shared),
-        held: Arc::downgrade(&d.held),
+        shared,
+        held,
         held_id,
         key: sk.clone(),
         id,
@@ -106,25 +93,22 @@ pub(crate) async fn acquire(d: &MemoryDriver, key: &str, options: LockOptions) -
 /// Gives up acquisition `id` of the lock at stored `key` if it still holds it: removes its
 /// record (if still its own), fires its signal with `lost` if given, wakes the waiters.
 pub(crate) fn release(shared: &Arc<Shared>, key: &str, id: u64, lost: Option<&str>) {
-    let mut st = shared.lock();
-    let Some(slot) = st.locks.get_mut(key) else {
-        return;
-    };
-    if !slot.holder.as_ref().is_some_and(|h| h.id == id) {
-        return;
-    }
-    let Some(h) = slot.holder.take() else {
-        return;
-    };
-    slot.notify.notify_waiters();
-    if let Some(reason) = lost {
-        h.notifier.fire(reason);
-    }
-    if st.version(key) == Some(h.version) {
-        let rev = st.next_rev();
-        st.write(key, None, rev);
-    }
-    st.gc(key);
+    shared.with(|st| {
+        let Some(slot) = st.locks.get_mut(key) else {
+            return;
+        };
+        let Some(h) = slot.holder.take_if(|h| h.id == id) else {
+            return;
+        };
+        slot.notify.notify_waiters();
+        if let Some(reason) = lost {
+            h.notifier.fire(reason);
+        }
+        if st.version(key) == Some(h.version) {
+            st.delete(key);
+        }
+        st.gc(key);
+    });
 }
 
 /// A held lock's release: weak, so a kept `Lock` does not keep a dropped store alive.

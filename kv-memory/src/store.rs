@@ -4,15 +4,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kv_core::raw::{Connect, Driver, DriverInfo, HeldLocks, Lifecycle, Namespace};
-use kv_core::{
-    async_trait, Capabilities, Error, KvPair, Lock, LockOptions, Result, TreeWatchStream, Txn,
-    TxnOp, TxnResult, WatchStream,
-};
+use kv_core::{async_trait, Capabilities, Error, KvPair, Lock, LockOptions, Result};
+use kv_core::{TreeWatchStream, Txn, TxnOp, TxnResult, WatchStream};
 use tokio::time::Instant;
 
 use crate::config::MemoryConfig;
-use crate::state::{Scope, Shared};
-use crate::{MAX_TXN_OPS, MAX_VALUE_SIZE};
+use crate::state::Shared;
+use crate::watch::MemFeed;
 
 pub(crate) const BACKEND: &str = "memory";
 
@@ -23,8 +21,8 @@ const CAPABILITIES: Capabilities = Capabilities {
     lock: true,
     ttl: true,
     txn: true,
-    max_value_size: MAX_VALUE_SIZE,
-    max_txn_ops: MAX_TXN_OPS,
+    max_value_size: crate::MAX_VALUE_SIZE,
+    max_txn_ops: crate::MAX_TXN_OPS,
     min_ttl: Duration::from_millis(1),
     max_ttl: None,
     lock_min_ttl: Duration::ZERO,
@@ -32,23 +30,13 @@ const CAPABILITIES: Capabilities = Capabilities {
 
 /// One handle to a memory store. Handles opened with the same name share the data, watches
 /// and locks; each has its own namespace, lifecycle and held locks.
+#[derive(Debug)]
 pub struct MemoryDriver {
     info: DriverInfo,
     pub(crate) life: Lifecycle,
     pub(crate) shared: Arc<Shared>,
     pub(crate) ns: Namespace,
     pub(crate) held: Arc<HeldLocks<(String, u64)>>,
-    name: String,
-}
-
-impl std::fmt::Debug for MemoryDriver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryDriver")
-            .field("name", &self.name)
-            .field("namespace", &self.ns.as_str())
-            .field("closed", &self.life.is_closed())
-            .finish()
-    }
 }
 
 /// The deadline of a TTL (`None`: permanent, also for a TTL too long to represent).
@@ -57,18 +45,10 @@ pub(crate) fn deadline(ttl: Option<Duration>) -> Option<Instant> {
 }
 
 impl MemoryDriver {
-    /// Opens a handle (no I/O: never fails except on an invalid namespace).
+    /// Opens a handle (no I/O: fails only on an invalid namespace).
     pub fn open(config: MemoryConfig) -> Result<Self> {
         let ns = Namespace::new(&config.namespace)?;
-        Ok(Self::build(config, ns))
-    }
-
-    pub(crate) fn private() -> Self {
-        Self::build(MemoryConfig::default(), Namespace::default())
-    }
-
-    fn build(config: MemoryConfig, ns: Namespace) -> Self {
-        MemoryDriver {
+        Ok(MemoryDriver {
             info: DriverInfo {
                 backend: BACKEND,
                 capabilities: CAPABILITIES,
@@ -79,13 +59,12 @@ impl MemoryDriver {
             shared: Shared::get(&config.name),
             ns,
             held: Arc::new(HeldLocks::new()),
-            name: config.name,
-        }
+        })
     }
 
     /// The store's name (`""` for a private store).
     pub fn name(&self) -> &str {
-        &self.name
+        &self.shared.name
     }
 
     /// This handle's namespace (`""` for none).
@@ -109,46 +88,36 @@ impl Driver for MemoryDriver {
     }
 
     async fn put(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<KvPair> {
-        let mut st = self.shared.lock();
-        let rev = st.next_rev();
-        st.write(
-            &self.stored(key),
-            Some((value.to_vec(), deadline(ttl))),
-            rev,
-        );
+        let rev = self
+            .shared
+            .with(|st| st.set(&self.stored(key), value, deadline(ttl)));
         Ok(KvPair::new(key, value, rev))
     }
 
     async fn get(&self, key: &str) -> Result<Option<KvPair>> {
-        Ok(self.shared.lock().pair(&self.ns, &self.stored(key)))
+        Ok(self.shared.with(|st| st.pair(&self.ns, &self.stored(key))))
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
-        let mut st = self.shared.lock();
-        let sk = self.stored(key);
-        if st.version(&sk).is_none() {
-            return Ok(false);
-        }
-        let rev = st.next_rev();
-        Ok(st.write(&sk, None, rev))
+        Ok(self.shared.with(|st| st.delete(&self.stored(key))))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<KvPair>> {
-        Ok(self
-            .shared
-            .lock()
-            .list(&self.ns, &self.ns.subtree_start(prefix)))
+        let start = self.ns.subtree_start(prefix);
+        Ok(self.shared.with(|st| st.list(&self.ns, &start)))
     }
 
     async fn delete_tree(&self, prefix: &str) -> Result<()> {
-        let mut st = self.shared.lock();
-        let keys = st.keys(&self.ns.subtree_start(prefix));
-        if !keys.is_empty() {
-            let rev = st.next_rev();
-            for k in keys {
-                st.write(&k, None, rev);
+        let start = self.ns.subtree_start(prefix);
+        self.shared.with(|st| {
+            let keys = st.keys(&start);
+            if !keys.is_empty() {
+                let rev = st.next_rev();
+                for k in keys {
+                    st.write(&k, None, rev);
+                }
             }
-        }
+        });
         Ok(())
     }
 
@@ -159,59 +128,61 @@ impl Driver for MemoryDriver {
         previous: Option<u64>,
         ttl: Option<Duration>,
     ) -> Result<KvPair> {
-        let mut st = self.shared.lock();
         let sk = self.stored(key);
-        check(key, previous, st.version(&sk))?;
-        let rev = st.next_rev();
-        st.write(&sk, Some((value.to_vec(), deadline(ttl))), rev);
+        let rev = self.shared.with(|st| {
+            check(key, previous, st.version(&sk))?;
+            Ok::<_, Error>(st.set(&sk, value, deadline(ttl)))
+        })?;
         Ok(KvPair::new(key, value, rev))
     }
 
     async fn atomic_delete(&self, key: &str, previous: u64) -> Result<()> {
-        let mut st = self.shared.lock();
         let sk = self.stored(key);
-        check(key, Some(previous), st.version(&sk))?;
-        let rev = st.next_rev();
-        st.write(&sk, None, rev);
-        Ok(())
+        self.shared.with(|st| {
+            check(key, Some(previous), st.version(&sk))?;
+            st.delete(&sk);
+            Ok(())
+        })
     }
 
     async fn txn(&self, txn: Txn) -> Result<Vec<TxnResult>> {
-        let mut st = self.shared.lock();
-        for (i, c) in txn.compares.iter().enumerate() {
-            c.evaluate(i, st.version(&self.stored(c.key())))?;
-        }
-        let writes = txn.ops.iter().any(|o| !matches!(o, TxnOp::Get { .. }));
-        let rev = if writes { st.next_rev() } else { st.rev };
-        let mut out = Vec::with_capacity(txn.ops.len());
-        for op in txn.ops {
-            let sk = self.stored(op.key());
-            out.push(match op {
-                TxnOp::Get { .. } => TxnResult::Get(st.pair(&self.ns, &sk)),
-                TxnOp::Put {
-                    key,
-                    value,
-                    options,
-                } => {
-                    st.write(&sk, Some((value.clone(), deadline(options.ttl))), rev);
-                    TxnResult::Put(KvPair::new(key, value, rev))
-                }
-                TxnOp::Delete { .. } => {
-                    st.write(&sk, None, rev);
-                    TxnResult::Delete
+        self.shared.with(|st| {
+            for (i, c) in txn.compares.iter().enumerate() {
+                c.evaluate(i, st.version(&self.stored(c.key())))?;
+            }
+            let rev = st.next_rev(); // shared by every write of the transaction
+            let ops = txn.ops.into_iter().map(|op| {
+                let sk = self.stored(op.key());
+                match op {
+                    TxnOp::Get { .. } => TxnResult::Get(st.pair(&self.ns, &sk)),
+                    TxnOp::Put {
+                        key,
+                        value,
+                        options,
+                    } => {
+                        let expires = deadline(options.ttl);
+                        st.write(&sk, Some((value.clone(), expires)), rev);
+                        TxnResult::Put(KvPair::new(key, value, rev))
+                    }
+                    TxnOp::Delete { .. } => {
+                        if st.version(&sk).is_some() {
+                            st.write(&sk, None, rev);
+                        }
+                        TxnResult::Delete
+                    }
                 }
             });
-        }
-        Ok(out)
+            Ok(ops.collect())
+        })
     }
 
     async fn watch(&self, key: &str) -> Result<WatchStream> {
-        let feed = crate::watch::MemFeed::new(self, Scope::Key(self.stored(key)));
+        let feed = MemFeed::new(self, self.stored(key), false);
         kv_core::raw::watch_key(BACKEND, self.life.clone(), key.to_string(), feed).await
     }
 
     async fn watch_tree(&self, prefix: &str) -> Result<TreeWatchStream> {
-        let feed = crate::watch::MemFeed::new(self, Scope::Tree(self.ns.subtree_start(prefix)));
+        let feed = MemFeed::new(self, self.ns.subtree_start(prefix), true);
         kv_core::raw::watch_tree(BACKEND, self.life.clone(), prefix.to_string(), feed).await
     }
 
@@ -231,13 +202,13 @@ impl Driver for MemoryDriver {
 fn check(key: &str, previous: Option<u64>, current: Option<u64>) -> Result<()> {
     match (previous, current) {
         (None, None) => Ok(()),
+        (Some(p), Some(c)) if p == c => Ok(()),
         (None, Some(_)) => Err(Error::KeyExists { key: key.into() }),
         (Some(_), None) => Err(Error::not_found(key)),
-        (Some(p), Some(c)) if p == c => Ok(()),
-        (Some(p), Some(c)) => Err(Error::KeyModified {
+        (Some(expected), Some(actual)) => Err(Error::KeyModified {
             key: key.into(),
-            expected: p,
-            actual: c,
+            expected,
+            actual,
         }),
     }
 }
