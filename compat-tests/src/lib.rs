@@ -19,8 +19,15 @@
 //! `open`, puts the run into a fresh namespace `kvtest-<random>` (and nested namespaces
 //! inside it) the way the descriptor says its URLs carry one, runs every scenario (4 at a
 //! time, each bounded by [`SCENARIO_TIMEOUT`]), deletes what it wrote and returns a
-//! [`Report`]. Add `compat-tests` and `tokio` as dev-dependencies and a test such as
-//! `tests/conformance.rs`:
+//! [`Report`]. Add to the driver's `Cargo.toml`
+//!
+//! ```toml
+//! [dev-dependencies]
+//! compat-tests = { version = "0.1", default-features = false } # no kv backend features
+//! tokio = { version = "1", features = ["macros", "rt-multi-thread"] }
+//! ```
+//!
+//! and a test such as `tests/conformance.rs`:
 //!
 //! ```no_run
 //! // tests/conformance.rs of the crate `my-driver` (exports `pub const DRIVER: DriverDescriptor`)
