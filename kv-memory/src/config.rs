@@ -2,33 +2,27 @@
 
 use std::time::Duration;
 
-use kv_core::retry::DEFAULT_TIMEOUT;
 use kv_core::{url, ConnectUrl, Consistency, Error, Result};
 
 use crate::URL_SCHEME;
 
 /// How to open a memory store: which shared store (by name), the namespace, the timeout.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MemoryConfig {
     pub(crate) name: String,
     pub(crate) namespace: String,
-    pub(crate) timeout: Duration,
-}
-
-impl Default for MemoryConfig {
-    fn default() -> Self {
-        MemoryConfig::new("")
-    }
+    /// `None`: [`DEFAULT_TIMEOUT`](kv_core::retry::DEFAULT_TIMEOUT).
+    pub(crate) timeout: Option<Duration>,
 }
 
 impl MemoryConfig {
     /// The store named `name`, shared by every handle opened with that name in this process
     /// while one of them is alive; `""` is a fresh private store.
     pub fn new(name: impl Into<String>) -> Self {
+        let name = name.into();
         MemoryConfig {
-            name: name.into(),
-            namespace: String::new(),
-            timeout: DEFAULT_TIMEOUT,
+            name,
+            ..Default::default()
         }
     }
 
@@ -38,9 +32,9 @@ impl MemoryConfig {
         self
     }
 
-    /// Bound on every call (default [`DEFAULT_TIMEOUT`]).
+    /// Bound on every call (default [`DEFAULT_TIMEOUT`](kv_core::retry::DEFAULT_TIMEOUT)).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.timeout = Some(timeout);
         self
     }
 
@@ -65,21 +59,17 @@ impl MemoryConfig {
             )));
         }
         let mut u = ConnectUrl::parse(text)?;
-        if u.user.is_some() || u.password.is_some() {
-            return Err(Error::config("a memory:// URL takes no user or password"));
-        }
-        if !(u.path.is_empty() || u.path == "/") {
-            return Err(Error::config(format!(
-                "memory://NAME takes no path (got {:?}); put a namespace in ?namespace=",
-                u.path
-            )));
+        if u.user.is_some() || !(u.path.is_empty() || u.path == "/") {
+            return Err(Error::config(
+                "memory://NAME takes no user, password or path (a namespace goes in ?namespace=)",
+            ));
         }
         let mut config = MemoryConfig::new(u.hosts.join(","));
         if let Some(t) = u.take_duration("timeout")? {
             if t.is_zero() {
                 return Err(Error::config("option timeout: must be above zero"));
             }
-            config.timeout = t;
+            config.timeout = Some(t);
         }
         if let Some(ns) = u.take("namespace") {
             config.namespace = ns;

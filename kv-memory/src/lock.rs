@@ -3,8 +3,8 @@
 
 use std::sync::{Arc, Weak};
 
-use kv_core::raw::HeldLocks;
-use kv_core::{async_trait, lock::lost_signal, Error, Lock, LockOptions, LockRelease, Result};
+use kv_core::raw::{lost_signal, HeldLocks, LockRelease};
+use kv_core::{async_trait, Error, Lock, LockOptions, Result};
 
 use crate::state::{Holder, Shared};
 use crate::store::{deadline, MemoryDriver};

@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use kv_core::{lock::LostNotifier, raw::Namespace, KvPair};
+use kv_core::raw::{LostNotifier, Namespace};
+use kv_core::KvPair;
 use tokio::sync::{mpsc::UnboundedSender, Notify};
 use tokio::time::Instant;
 

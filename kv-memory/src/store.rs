@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kv_core::raw::{Connect, Driver, DriverInfo, HeldLocks, Lifecycle, Namespace};
+use kv_core::retry::DEFAULT_TIMEOUT;
 use kv_core::{async_trait, Capabilities, Error, KvPair, Lock, LockOptions, Result};
 use kv_core::{TreeWatchStream, Txn, TxnOp, TxnResult, WatchStream};
 use tokio::time::Instant;
@@ -52,7 +53,7 @@ impl MemoryDriver {
             info: DriverInfo {
                 backend: BACKEND,
                 capabilities: CAPABILITIES,
-                timeout: config.timeout,
+                timeout: config.timeout.unwrap_or(DEFAULT_TIMEOUT),
                 reserved: &[],
             },
             life: Lifecycle::new(),
