@@ -308,3 +308,26 @@ async fn close_wakes_waiters_and_ends_watches() {
         "the other handle's lock stays"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_see_every_change_in_order() {
+    let s = kv_memory::new_store();
+    let mut w = s.watch("k").await.unwrap();
+    assert_eq!(w.next().await.unwrap().unwrap(), None);
+    let mut written = Vec::new();
+    for i in 0..200 {
+        let value = i.to_string();
+        let p = s.put("k", value.as_bytes(), PutOptions::default()).await;
+        written.push(Some(p.unwrap().version));
+        if i % 50 == 49 {
+            s.delete("k").await.unwrap();
+            written.push(None);
+        }
+    }
+    let mut seen = Vec::new();
+    while seen.len() < written.len() {
+        let item = tokio::time::timeout(WAIT, w.next()).await.unwrap();
+        seen.push(item.unwrap().unwrap().map(|p| p.version));
+    }
+    assert_eq!(seen, written);
+}
