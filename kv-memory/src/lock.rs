@@ -7,7 +7,7 @@ use kv_core::raw::{lost_signal, HeldLocks, LockRelease};
 use kv_core::{async_trait, Error, Lock, LockOptions, Result};
 
 use crate::state::{Holder, Shared};
-use crate::store::{deadline, MemoryDriver};
+use crate::store::MemoryDriver;
 
 /// Takes a waiter out of the queue when its acquisition ends, however it ends (taken, store
 /// closed, future dropped), and lets the next waiter look again.
@@ -37,7 +37,7 @@ pub(crate) async fn acquire(d: &MemoryDriver, key: &str, options: LockOptions) -
         (id, slot.notify.clone())
     });
     let _waiting = Waiting(&d.shared, &sk, id);
-    let expires = || deadline((!options.keep_alive).then_some(options.ttl));
+    let ttl = (!options.keep_alive).then_some(options.ttl); // a lease expires
     let (version, signal) = loop {
         let notified = notify.notified();
         tokio::pin!(notified);
@@ -49,7 +49,7 @@ pub(crate) async fn acquire(d: &MemoryDriver, key: &str, options: LockOptions) -
             }
             slot.queue.pop_front();
             // A plain value at the key (held by no lock) is replaced.
-            let version = st.set(&sk, &options.value, expires());
+            let version = st.set(&sk, &options.value, ttl);
             let (notifier, signal) = lost_signal(key);
             let holder = Holder {
                 id,

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
 use kv_core::raw::{LostNotifier, Namespace};
 use kv_core::KvPair;
@@ -170,14 +171,16 @@ impl State {
 
     /// Writes (`Some`) or deletes (`None`) a stored key with version `rev`; a lock held on it
     /// is lost (the lock's own writes take the holder out first).
-    pub fn write(&mut self, key: &str, new: Option<(Vec<u8>, Option<Instant>)>, rev: u64) {
+    /// A TTL too long to represent makes the key permanent.
+    pub fn write(&mut self, key: &str, new: Option<(Vec<u8>, Option<Duration>)>, rev: u64) {
         let (is_put, watched) = (new.is_some(), !self.subs.is_empty());
         let change = new
             .as_ref()
             .filter(|_| watched)
             .map(|(v, _)| (v.clone(), rev));
         let old = match new {
-            Some((value, expires)) => {
+            Some((value, ttl)) => {
+                let expires = ttl.and_then(|t| Instant::now().checked_add(t));
                 self.expiry.extend(expires.map(|at| (at, key.to_string())));
                 self.timers.extend(expires);
                 let entry = Entry {
@@ -209,9 +212,9 @@ impl State {
     }
 
     /// Writes `value` at a stored key with a new revision; returns the version.
-    pub fn set(&mut self, key: &str, value: &[u8], expires: Option<Instant>) -> u64 {
+    pub fn set(&mut self, key: &str, value: &[u8], ttl: Option<Duration>) -> u64 {
         let rev = self.next_rev();
-        self.write(key, Some((value.to_vec(), expires)), rev);
+        self.write(key, Some((value.to_vec(), ttl)), rev);
         rev
     }
 

@@ -7,7 +7,6 @@ use kv_core::raw::{Connect, Driver, DriverInfo, HeldLocks, Lifecycle, Namespace}
 use kv_core::retry::DEFAULT_TIMEOUT;
 use kv_core::{async_trait, Capabilities, Error, KvPair, Lock, LockOptions, Result};
 use kv_core::{TreeWatchStream, Txn, TxnOp, TxnResult, WatchStream};
-use tokio::time::Instant;
 
 use crate::config::MemoryConfig;
 use crate::state::Shared;
@@ -38,11 +37,6 @@ pub struct MemoryDriver {
     pub(crate) shared: Arc<Shared>,
     pub(crate) ns: Namespace,
     pub(crate) held: Arc<HeldLocks<(String, u64)>>,
-}
-
-/// The deadline of a TTL (`None`: permanent, also for a TTL too long to represent).
-pub(crate) fn deadline(ttl: Option<Duration>) -> Option<Instant> {
-    ttl.and_then(|t| Instant::now().checked_add(t))
 }
 
 impl MemoryDriver {
@@ -89,9 +83,7 @@ impl Driver for MemoryDriver {
     }
 
     async fn put(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<KvPair> {
-        let rev = self
-            .shared
-            .with(|st| st.set(&self.stored(key), value, deadline(ttl)));
+        let rev = self.shared.with(|st| st.set(&self.stored(key), value, ttl));
         Ok(KvPair::new(key, value, rev))
     }
 
@@ -132,7 +124,7 @@ impl Driver for MemoryDriver {
         let sk = self.stored(key);
         let rev = self.shared.with(|st| {
             check(key, previous, st.version(&sk))?;
-            Ok::<_, Error>(st.set(&sk, value, deadline(ttl)))
+            Ok::<_, Error>(st.set(&sk, value, ttl))
         })?;
         Ok(KvPair::new(key, value, rev))
     }
@@ -161,8 +153,7 @@ impl Driver for MemoryDriver {
                         value,
                         options,
                     } => {
-                        let expires = deadline(options.ttl);
-                        st.write(&sk, Some((value.clone(), expires)), rev);
+                        st.write(&sk, Some((value.clone(), options.ttl)), rev);
                         TxnResult::Put(KvPair::new(key, value, rev))
                     }
                     TxnOp::Delete { .. } => {
