@@ -1,16 +1,4 @@
-//! # compat-tests: the kv conformance suite
-//!
-//! Every sentence of [`kv_core`]'s contract that can be observed through the [`Store`] trait
-//! is a *scenario* here: an `async fn(store, ctx) -> Result<(), Failure>` grouped by topic
-//! ([`basic`], [`values`], [`list`], [`atomic`], [`watch`], [`lock`], [`ttl`], [`txn`],
-//! [`errors`], [`close`], and the recipes: [`fencing`], [`election`], [`discovery`]). [`scenarios`] lists them with the capabilities each needs; a
-//! scenario whose capability the backend lacks is replaced by an *unsupported check*
-//! ([`check_unsupported`]) asserting that the call returns [`Error::Unsupported`].
-//!
-//! The runner (`tests/conformance.rs`) opens a store with `kv::open(url)` for the backend
-//! named by `KV_TEST` and turns every scenario into a libtest-mimic trial. Drivers do not
-//! register anywhere else: a backend reachable through `kv::open` is testable here.
-
+#![doc = include_str!("docs.md")]
 #![warn(missing_docs)]
 
 use std::fmt;
@@ -419,7 +407,12 @@ pub mod values;
 pub mod watch;
 
 mod registry;
+mod runner;
 pub use registry::{check_unsupported, scenarios, Cap, Scenario, ScenarioFn};
+pub use runner::{
+    descriptor_openers, random_id, run_suite, Report, ScenarioResult, Target, CONCURRENCY,
+    SCENARIO_TIMEOUT,
+};
 
 /// A spawned task that is aborted when dropped (so a failing scenario leaves no waiter
 /// behind); awaiting it gives its output, or a [`Failure`] if it panicked.

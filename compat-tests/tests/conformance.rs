@@ -1,23 +1,15 @@
 //! The conformance runner: every scenario of `compat_tests::scenarios()` as a libtest-mimic
-//! trial against the backend named by `KV_TEST` (sled, etcd, zookeeper, consul; default sled).
-//! `KV_SERVER_VERSION`, when set, is the server's version and is appended to the summary line.
+//! trial against the backend named by `KV_TEST` (sled, memory, etcd, zookeeper, consul;
+//! default sled). `KV_SERVER_VERSION`, when set, is the server's version and is appended to
+//! the summary line.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use compat_tests::{check_unsupported, panic_message, Ctx, NamespaceOpener, Opener, Scenario};
-use kv::Store;
+use compat_tests::{random_id, NamespaceOpener, Opener, Scenario, Target};
+use kv_core::raw::DriverDescriptor;
 use libtest_mimic::{Arguments, Failed, Trial};
-use rand::Rng;
-
-/// Longest a single scenario may run before it counts as failed.
-const SCENARIO_TIMEOUT: Duration = Duration::from_secs(240);
-
-fn random_id() -> String {
-    let n: u64 = rand::thread_rng().gen();
-    format!("{n:016x}")
-}
 
 fn endpoint(var: &str, backend: &str) -> String {
     match std::env::var(var) {
@@ -25,6 +17,18 @@ fn endpoint(var: &str, backend: &str) -> String {
         _ => panic!(
             "KV_TEST={backend} needs the server address: set {var} (e.g. {var}=127.0.0.1:PORT), \
              and build with `--features {backend}`"
+        ),
+    }
+}
+
+/// The descriptor of the driver behind `backend` (its scheme): it says how a namespace goes
+/// into its URLs.
+fn driver(backend: &str) -> DriverDescriptor {
+    match kv::driver_for(backend) {
+        Some(d) => *d,
+        None => panic!(
+            "unknown KV_TEST={backend:?} (or its feature is off): use one of {}",
+            kv::available_schemes().join(", ")
         ),
     }
 }
@@ -37,7 +41,8 @@ fn main() {
     let backend = std::env::var("KV_TEST").unwrap_or_else(|_| "sled".to_string());
     let run_id = random_id();
     let mut temp_dir = None;
-    let url = match backend.as_str() {
+    // The store's URL without a namespace, and the namespace of this run.
+    let (base, namespace) = match backend.as_str() {
         "sled" => {
             let dir = tempfile::Builder::new()
                 .prefix("kv-conformance-")
@@ -45,35 +50,32 @@ fn main() {
                 .expect("create a temp dir for sled");
             let url = format!("sled://{}", dir.path().join("db").display());
             temp_dir = Some(dir);
-            url
+            (url, String::new())
         }
-        "etcd" => format!(
-            "etcd://{}/kvtest-{run_id}",
-            endpoint("KV_ETCD_ENDPOINTS", "etcd")
+        "memory" => (format!("memory://conformance-{run_id}"), String::new()),
+        "etcd" => (
+            format!("etcd://{}", endpoint("KV_ETCD_ENDPOINTS", "etcd")),
+            format!("kvtest-{run_id}"),
         ),
-        "zookeeper" | "zk" => format!(
-            "zk://{}/kvtest-{run_id}",
-            endpoint("KV_ZK_ENDPOINTS", "zookeeper")
+        "zookeeper" | "zk" => (
+            format!("zk://{}", endpoint("KV_ZK_ENDPOINTS", "zookeeper")),
+            format!("kvtest-{run_id}"),
         ),
-        "consul" => format!(
-            "consul://{}/kvtest-{run_id}",
-            endpoint("KV_CONSUL_ADDR", "consul")
+        "consul" => (
+            format!("consul://{}", endpoint("KV_CONSUL_ADDR", "consul")),
+            format!("kvtest-{run_id}"),
         ),
-        other => panic!("unknown KV_TEST={other:?}: use sled, etcd, zookeeper or consul"),
+        other => panic!("unknown KV_TEST={other:?}: use sled, memory, etcd, zookeeper or consul"),
     };
-    let network = temp_dir.is_none();
+    let network = temp_dir.is_none() && backend != "memory";
+    let driver = driver(&backend);
+    let url = driver.with_namespace(&base, &namespace);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let store: Arc<dyn Store> = rt
-        .block_on(kv::open(&url))
-        .unwrap_or_else(|e| panic!("cannot open the {backend} store at {url}: {e} ({e:?})"));
-    let caps = store.capabilities();
-    eprintln!("running the conformance suite on {backend} at {url}\n  capabilities: {caps:?}");
-
     let opener: Opener = {
         let url = url.clone();
         Arc::new(move || {
@@ -81,62 +83,33 @@ fn main() {
             Box::pin(async move { kv::open(&url).await })
         })
     };
-    // A nested namespace: sled takes it as an option, the network backends in the URL path.
-    let namespaced: NamespaceOpener = {
-        let url = url.clone();
-        let sled = !network;
-        Arc::new(move |sub: String| {
-            let nested = if sled {
-                format!("{url}?namespace={sub}")
-            } else {
-                format!("{url}/{sub}")
-            };
-            Box::pin(async move { kv::open(&nested).await })
-        })
-    };
+    // A nested namespace, built from the driver's descriptor (URL path or `namespace=`).
+    let namespaced: NamespaceOpener = Arc::new(move |sub: String| {
+        let nested = driver.with_namespace(&base, &kv_core::key::join(&namespace, &sub));
+        Box::pin(async move { kv::open(&nested).await })
+    });
+    let target = rt
+        .block_on(Target::new(backend.clone(), opener))
+        .unwrap_or_else(|e| panic!("cannot open the {backend} store at {url}: {e} ({e:?})"))
+        .with_namespace_opener(namespaced);
+    let target = Arc::new(target);
+    eprintln!(
+        "running the conformance suite on {backend} at {url}\n  capabilities: {:?}",
+        target.capabilities()
+    );
     let unsupported_passed = Arc::new(AtomicU64::new(0));
 
     let trials: Vec<Trial> = compat_tests::scenarios()
         .into_iter()
         .map(|sc: Scenario| {
-            let missing = sc.missing(&caps);
-            let name = match missing {
-                Some(_) => format!("{}::unsupported", sc.name),
-                None => sc.name.to_string(),
-            };
-            let (store, opener, handle, run_id) = (
-                store.clone(),
-                opener.clone(),
-                rt.handle().clone(),
-                run_id.clone(),
-            );
-            let namespaced = namespaced.clone();
+            let (target, handle) = (target.clone(), rt.handle().clone());
             let counter = unsupported_passed.clone();
-            let trial_name = name.clone();
-            let trial = Trial::test(name, move || {
-                let ctx =
-                    Ctx::new(&trial_name, &run_id, caps, opener).with_namespace_opener(namespaced);
-                let body = async move {
-                    let result = match missing {
-                        Some(cap) => check_unsupported(&*store, &ctx, cap).await,
-                        None => (sc.run)(&*store, &ctx).await,
-                    };
-                    ctx.close_others().await;
-                    result
-                };
-                let outcome = handle.block_on(async move {
-                    let task = tokio::spawn(tokio::time::timeout(SCENARIO_TIMEOUT, body));
-                    match task.await {
-                        Ok(Ok(r)) => r.map_err(|f| f.message),
-                        Ok(Err(_)) => Err(format!(
-                            "the scenario did not finish within {SCENARIO_TIMEOUT:?}"
-                        )),
-                        Err(e) => Err(format!("the scenario {}", panic_message(e))),
-                    }
-                });
-                match outcome {
+            let unsupported = sc.missing(&target.capabilities()).is_some();
+            let trial = Trial::test(target.trial_name(&sc), move || {
+                let r = handle.block_on(target.run(sc));
+                match r.result {
                     Ok(()) => {
-                        if missing.is_some() {
+                        if r.unsupported {
                             counter.fetch_add(1, Ordering::SeqCst);
                         }
                         Ok(())
@@ -144,9 +117,9 @@ fn main() {
                     Err(m) => Err(Failed::from(m)),
                 }
             });
-            match missing {
-                Some(_) => trial.with_kind("unsupported"),
-                None => trial,
+            match unsupported {
+                true => trial.with_kind("unsupported"),
+                false => trial,
             }
         })
         .collect();
@@ -154,6 +127,7 @@ fn main() {
     let conclusion = libtest_mimic::run(&args, trials);
 
     rt.block_on(async {
+        let store = target.store();
         if network {
             if let Err(e) = store.delete_tree("").await {
                 eprintln!("cleanup: delete_tree(\"\") of the test namespace failed: {e}");
@@ -163,7 +137,7 @@ fn main() {
             eprintln!("cleanup: close failed: {e}");
         }
     });
-    drop(store);
+    drop(target);
     rt.shutdown_timeout(Duration::from_secs(5));
     drop(temp_dir);
 

@@ -13,6 +13,7 @@
 //! | `etcd` | `etcd` | `etcd://10.0.0.1:2379,10.0.0.2:2379/app` |
 //! | `zk`, `zookeeper` | `zookeeper` | `zk://10.0.0.1:2181,10.0.0.2:2181/app` |
 //! | `consul` | `consul` | `consul://10.0.0.1:8500,10.0.0.2:8500/app` |
+//! | `memory` | `memory` | `memory://` (private), `memory://tests?namespace=app` (shared by name) |
 //!
 //! ```
 //! # async fn demo() -> kv::Result<()> {
@@ -48,6 +49,8 @@ pub use kv_consul as consul;
 #[cfg(feature = "etcd")]
 #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
 pub use kv_etcd as etcd;
+#[cfg(feature = "memory")]
+pub use kv_memory as memory;
 #[cfg(feature = "sled")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sled")))]
 pub use kv_sled as sled;
@@ -69,6 +72,8 @@ pub const SCHEMES: &[(&str, &str)] = &[
 pub const DRIVERS: &[DriverDescriptor] = &[
     #[cfg(feature = "sled")]
     kv_sled::DRIVER,
+    #[cfg(feature = "memory")]
+    kv_memory::DRIVER,
     #[cfg(feature = "etcd")]
     kv_etcd::DRIVER,
     #[cfg(feature = "zookeeper")]
