@@ -398,6 +398,7 @@ pub mod close;
 pub mod discovery;
 pub mod election;
 pub mod errors;
+pub mod events;
 pub mod fencing;
 pub mod list;
 pub mod lock;

@@ -5,7 +5,8 @@ use std::time::Duration;
 use kv_core::{Capabilities, Error, LockOptions, PutOptions, Store, Txn};
 
 use crate::{
-    atomic, basic, close, discovery, election, errors, fencing, list, lock, ttl, txn, values, watch,
+    atomic, basic, close, discovery, election, errors, events, fencing, list, lock, ttl, txn,
+    values, watch,
 };
 use crate::{within, BoxFuture, Ctx, Outcome};
 
@@ -120,6 +121,22 @@ pub fn scenarios() -> Vec<Scenario> {
         scenario!("watch::burst", [Watch], watch::burst),
         scenario!("watch::across_handles", [Watch], watch::across_handles),
         scenario!("watch::tree_snapshots", [WatchTree], watch::tree_snapshots),
+        scenario!(
+            "events::order_and_deletes",
+            [WatchTree],
+            events::order_and_deletes
+        ),
+        scenario!("events::no_gaps", [WatchTree], events::no_gaps),
+        scenario!(
+            "events::resume_from_cursor",
+            [WatchTree],
+            events::resume_from_cursor
+        ),
+        scenario!(
+            "events::ttl_expiry_is_a_delete",
+            [WatchTree, Ttl],
+            events::ttl_expiry_is_a_delete
+        ),
         scenario!("watch::tree_empty", [WatchTree], watch::tree_empty),
         scenario!("watch::slow_reader", [Watch], watch::slow_reader),
         scenario!("watch::drop_streams", [Watch], watch::drop_streams),

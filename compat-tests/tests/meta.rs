@@ -82,6 +82,9 @@ async fn scenarios_pass_without_the_bug() {
         "fencing::guarded_write",
         "fencing::token_increases",
         "election::failover_on_loss",
+        "events::order_and_deletes",
+        "events::no_gaps",
+        "events::resume_from_cursor",
     ] {
         run(&fx, Bug::None, sc)
             .await
@@ -174,6 +177,17 @@ async fn scenarios_catch_contract_violations() {
             Bug::ConstantToken,
             "fencing::token_increases",
             "must equal Lock::fencing_token",
+        ),
+        (
+            Bug::EventsDropDeletes,
+            "events::order_and_deletes",
+            "waiting for the event for",
+        ),
+        (Bug::EventsDropDeletes, "events::no_gaps", "never rebuilt"),
+        (
+            Bug::EventsResumeFromNow,
+            "events::resume_from_cursor",
+            "never rebuilt",
         ),
     ];
     for (bug, sc, needle) in cases {

@@ -204,6 +204,16 @@ impl Driver for ConsulDriver {
         kv_core::raw::watch_tree(BACKEND, self.inner.life.clone(), prefix.to_string(), feed).await
     }
 
+    async fn watch_events(
+        &self,
+        prefix: &str,
+        from: Option<kv_core::Cursor>,
+    ) -> Result<kv_core::EventStream> {
+        let feed = watch::Blocking::tree(self.inner.clone(), prefix);
+        let life = self.inner.life.clone();
+        kv_core::raw::watch_events(BACKEND, life, prefix.to_string(), from, feed).await
+    }
+
     async fn lock(&self, key: &str, options: LockOptions) -> Result<Lock> {
         lock::new_lock(self.inner.clone(), key.to_string(), options).await
     }

@@ -3,7 +3,8 @@
 use async_trait::async_trait;
 
 use crate::capabilities::Capabilities;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::events::{Cursor, EventStream};
 use crate::lock::Lock;
 use crate::pair::{KvPair, LockOptions, PutOptions};
 use crate::txn::{Txn, TxnResult};
@@ -39,6 +40,20 @@ pub trait Store: Send + Sync {
 
     /// Watches the subtree of `prefix`: snapshots of the whole subtree, in key order.
     async fn watch_tree(&self, prefix: &str) -> Result<TreeWatchStream>;
+
+    /// The typed, resumable change stream of the subtree of `prefix` (every key below it):
+    /// [`WatchEvent::Put`](crate::WatchEvent::Put) and
+    /// [`WatchEvent::Delete`](crate::WatchEvent::Delete) items (an expiry is a delete), each
+    /// with a [`Cursor`] to persist. Without `from`, the first item is a
+    /// [`WatchEvent::Resync`](crate::WatchEvent::Resync) of the current subtree; with `from`
+    /// (a cursor of an earlier stream of this store, also of another process), the changes
+    /// after it — or a `Resync` first where the backend cannot replay them. A `Resync` also
+    /// replaces events whenever the backend cannot prove there was no gap; nothing is ever
+    /// skipped silently. The default implementation is [`Error::Unsupported`].
+    async fn watch_events(&self, prefix: &str, from: Option<Cursor>) -> Result<EventStream> {
+        let _ = (prefix, from);
+        Err(Error::unsupported("watch_events", self.backend()))
+    }
 
     /// Waits until the lock at `key` is free, takes it and stores `options.value` there.
     /// Dropping the returned future abandons the attempt and cleans up.

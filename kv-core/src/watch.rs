@@ -30,6 +30,10 @@ struct State<T> {
     queue: VecDeque<Result<T>>,
     waker: Option<Waker>,
     sender_gone: bool,
+    /// Lossless queues (typed events) never drop one item: past the limit they drop them all
+    /// and set `overflowed`, and the driver sends a resync instead.
+    lossless: bool,
+    overflowed: bool,
 }
 
 struct Shared<T> {
@@ -53,11 +57,24 @@ pub struct EventStream<T> {
 /// Past [`WATCH_QUEUE`] undelivered items the oldest `Ok` item is dropped: each item is a
 /// full state, so the reader still gets the latest one.
 pub fn event_channel<T>() -> (EventSender<T>, EventStream<T>) {
+    channel(false)
+}
+
+/// A queue that never drops a single item: past [`WATCH_QUEUE`] undelivered items it empties
+/// itself and [`EventSender::take_overflow`] reports it, so the driver can send one item that
+/// replaces them all (a resync snapshot).
+pub fn lossless_event_channel<T>() -> (EventSender<T>, EventStream<T>) {
+    channel(true)
+}
+
+fn channel<T>(lossless: bool) -> (EventSender<T>, EventStream<T>) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             queue: VecDeque::new(),
             waker: None,
             sender_gone: false,
+            lossless,
+            overflowed: false,
         }),
     });
     let (alive_tx, alive_rx) = tokio::sync::watch::channel(());
@@ -80,6 +97,15 @@ impl<T> EventSender<T> {
             return false;
         }
         let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.lossless && (st.overflowed || st.queue.len() >= WATCH_QUEUE) {
+            if !st.overflowed {
+                st.queue.clear();
+                st.overflowed = true;
+            }
+            if item.is_ok() {
+                return true; // dropped: the driver sends a resync instead
+            }
+        }
         if st.queue.len() >= WATCH_QUEUE {
             if let Some(pos) = st.queue.iter().position(|i| i.is_ok()) {
                 st.queue.remove(pos);
@@ -97,6 +123,13 @@ impl<T> EventSender<T> {
     /// True once the stream was dropped.
     pub fn is_closed(&self) -> bool {
         self.alive.has_changed().is_err()
+    }
+
+    /// On a lossless queue: true (once) after it overflowed and dropped its items; the next
+    /// item sent goes through again.
+    pub fn take_overflow(&self) -> bool {
+        let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut st.overflowed)
     }
 
     /// Resolves when the stream is dropped.

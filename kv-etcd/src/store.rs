@@ -188,6 +188,14 @@ impl Driver for EtcdDriver {
         watch::watch_tree(&self.inner, prefix).await
     }
 
+    async fn watch_events(
+        &self,
+        prefix: &str,
+        from: Option<kv_core::Cursor>,
+    ) -> Result<kv_core::EventStream> {
+        watch::watch_events(&self.inner, prefix, from).await
+    }
+
     async fn lock(&self, key: &str, options: LockOptions) -> Result<Lock> {
         lock::acquire(self.inner.clone(), key.to_string(), options).await
     }

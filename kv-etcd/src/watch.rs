@@ -100,6 +100,12 @@ impl Feed for EtcdFeed {
         Ok((pairs, version_of(rev)))
     }
 
+    /// etcd keeps the history (until compaction, reported as `Resync`): a saved revision
+    /// resumes exactly.
+    fn replays(&self) -> bool {
+        true
+    }
+
     async fn next(&mut self, cursor: u64) -> Result<Update> {
         let stream = match &mut self.stream {
             Some(s) => s,
@@ -168,4 +174,18 @@ pub(crate) async fn watch_tree(inner: &Arc<Inner>, prefix: &str) -> Result<TreeW
         stream: None,
     };
     raw::watch_tree(BACKEND, inner.life.clone(), prefix.to_string(), feed).await
+}
+
+/// The typed event stream of a subtree: the tree watch's feed, resumable from a revision.
+pub(crate) async fn watch_events(
+    inner: &Arc<Inner>,
+    prefix: &str,
+    from: Option<kv_core::Cursor>,
+) -> Result<kv_core::EventStream> {
+    let feed = EtcdFeed {
+        inner: inner.clone(),
+        target: Target::Tree(prefix.to_string()),
+        stream: None,
+    };
+    raw::watch_events(BACKEND, inner.life.clone(), prefix.to_string(), from, feed).await
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use kv_core::raw::{Connect, Driver, DriverInfo, HeldLocks, Lifecycle, Namespace};
 use kv_core::retry::DEFAULT_TIMEOUT;
 use kv_core::{async_trait, Capabilities, Error, KvPair, Lock, LockOptions, Result};
-use kv_core::{TreeWatchStream, Txn, TxnOp, TxnResult, WatchStream};
+use kv_core::{Cursor, EventStream, TreeWatchStream, Txn, TxnOp, TxnResult, WatchStream};
 
 use crate::config::MemoryConfig;
 use crate::state::Shared;
@@ -176,6 +176,11 @@ impl Driver for MemoryDriver {
     async fn watch_tree(&self, prefix: &str) -> Result<TreeWatchStream> {
         let feed = MemFeed::new(self, self.ns.subtree_start(prefix), true);
         kv_core::raw::watch_tree(BACKEND, self.life.clone(), prefix.to_string(), feed).await
+    }
+
+    async fn watch_events(&self, prefix: &str, from: Option<Cursor>) -> Result<EventStream> {
+        let feed = MemFeed::new(self, self.ns.subtree_start(prefix), true);
+        kv_core::raw::watch_events(BACKEND, self.life.clone(), prefix.to_string(), from, feed).await
     }
 
     async fn lock(&self, key: &str, options: LockOptions) -> Result<Lock> {

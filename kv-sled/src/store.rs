@@ -243,6 +243,14 @@ impl Driver for SledDriver {
         crate::watch::tree(self, prefix).await
     }
 
+    async fn watch_events(
+        &self,
+        prefix: &str,
+        from: Option<kv_core::Cursor>,
+    ) -> Result<kv_core::EventStream> {
+        crate::watch::events(self, prefix, from).await
+    }
+
     async fn lock(&self, key: &str, options: LockOptions) -> Result<Lock> {
         crate::lock::acquire(self, key, options).await
     }

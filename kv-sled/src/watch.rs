@@ -194,6 +194,23 @@ pub(crate) async fn key(driver: &SledDriver, key: &str) -> Result<WatchStream> {
 }
 
 /// Watches the subtree of the normalized `prefix`.
+/// The typed event stream of a subtree (see `Store::watch_events`): the same feed as `tree`.
+pub(crate) async fn events(
+    driver: &SledDriver,
+    prefix: &str,
+    from: Option<kv_core::Cursor>,
+) -> Result<kv_core::EventStream> {
+    let shared = driver.shared()?;
+    let scope = Scope::Tree {
+        start: driver.subtree(prefix),
+        last: HashMap::new(),
+    };
+    let feed = SledFeed::new(driver, &shared, scope);
+    drop(shared);
+    let life = driver.life().clone();
+    kv_core::raw::watch_events(BACKEND, life, prefix.to_string(), from, feed).await
+}
+
 pub(crate) async fn tree(driver: &SledDriver, prefix: &str) -> Result<TreeWatchStream> {
     let shared = driver.shared()?;
     let scope = Scope::Tree {

@@ -153,6 +153,14 @@ impl Driver for ZkDriver {
         watch::subtree(self.inner.clone(), prefix.to_string()).await
     }
 
+    async fn watch_events(
+        &self,
+        prefix: &str,
+        from: Option<kv_core::Cursor>,
+    ) -> Result<kv_core::EventStream> {
+        watch::events(self.inner.clone(), prefix.to_string(), from).await
+    }
+
     async fn lock(&self, key: &str, options: LockOptions) -> Result<Lock> {
         lock::new_lock(self.inner.clone(), key.to_string(), options).await
     }

@@ -33,6 +33,19 @@ pub(crate) async fn key(inner: Arc<Inner>, key: String) -> Result<WatchStream> {
 }
 
 /// Starts a watch of the subtree of `prefix`.
+/// The typed event stream of a subtree: the subtree watch's feed (a resumed cursor starts
+/// with a Resync: ZooKeeper keeps no history to replay).
+pub(crate) async fn events(
+    inner: Arc<Inner>,
+    prefix: String,
+    from: Option<kv_core::Cursor>,
+) -> Result<kv_core::EventStream> {
+    let path = inner.prefix_path(&prefix);
+    let life = inner.life.clone();
+    let feed = ZkFeed::new(inner, Target::Tree(prefix.clone()), path);
+    kv_core::raw::watch_events(BACKEND, life, prefix, from, feed).await
+}
+
 pub(crate) async fn subtree(inner: Arc<Inner>, prefix: String) -> Result<TreeWatchStream> {
     let path = inner.prefix_path(&prefix);
     let life = inner.life.clone();

@@ -8,8 +8,9 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use kv_core::{
-    async_trait, Capabilities, Compare, CompareFailure, Error, KvPair, Lock, LockOptions,
-    PutOptions, Result, Store, TreeWatchStream, Txn, TxnResult, WatchStream,
+    async_trait, Capabilities, Compare, CompareFailure, Cursor, Error, EventStream, KvPair, Lock,
+    LockOptions, PutOptions, Result, Store, TreeWatchStream, Txn, TxnResult, WatchEvent,
+    WatchStream,
 };
 
 /// A known contract violation.
@@ -56,6 +57,10 @@ pub enum Bug {
     ConstantToken,
     /// A failed guard is reported as an ordinary CompareFailed, not FencingFailed.
     FencingAsCompareFailed,
+    /// watch_events drops every Delete event.
+    EventsDropDeletes,
+    /// watch_events ignores a resume cursor: it follows from now, without a Resync.
+    EventsResumeFromNow,
 }
 
 pub struct Buggy {
@@ -172,6 +177,23 @@ impl Store for Buggy {
             _ => self.inner.watch(key).await,
         }
     }
+    async fn watch_events(&self, prefix: &str, from: Option<Cursor>) -> Result<EventStream> {
+        match self.bug {
+            Bug::HonestUnsupported => Err(Error::unsupported("watch_events", "buggy")),
+            Bug::SilentUnsupported => Ok(Box::pin(futures::stream::empty())),
+            Bug::EventsDropDeletes => Ok(Box::pin(
+                self.inner
+                    .watch_events(prefix, from)
+                    .await?
+                    .filter(|i| std::future::ready(!matches!(i, Ok(WatchEvent::Delete { .. })))),
+            )),
+            Bug::EventsResumeFromNow if from.is_some() => Ok(Box::pin(
+                self.inner.watch_events(prefix, None).await?.skip(1),
+            )),
+            _ => self.inner.watch_events(prefix, from).await,
+        }
+    }
+
     async fn watch_tree(&self, prefix: &str) -> Result<TreeWatchStream> {
         match self.bug {
             Bug::HonestUnsupported => Err(Error::unsupported("watch_tree", "buggy")),

@@ -9,6 +9,7 @@ use tracing::Instrument;
 
 use crate::capabilities::Capabilities;
 use crate::error::{Error, Result};
+use crate::events::{Cursor, EventStream};
 use crate::key::{check_previous, check_value_size, normalize_key, normalize_prefix};
 use crate::lock::Lock;
 use crate::pair::{KvPair, LockOptions, PutOptions};
@@ -215,6 +216,15 @@ impl<D: Driver> Store for Checked<D> {
         }
         let f = self.driver.watch_tree(&prefix);
         self.call("watch_tree", &prefix, self.timeout(), f).await
+    }
+
+    async fn watch_events(&self, prefix: &str, from: Option<Cursor>) -> Result<EventStream> {
+        let prefix = self.prefix(prefix)?;
+        if !self.caps().watch_tree {
+            return Err(Error::unsupported("watch_events", self.backend()));
+        }
+        let f = self.driver.watch_events(&prefix, from);
+        self.call("watch_events", &prefix, self.timeout(), f).await
     }
 
     async fn new_lock(&self, key: &str, options: LockOptions) -> Result<Lock> {

@@ -5,7 +5,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::capabilities::Capabilities;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::events::{Cursor, EventStream};
 use crate::lock::Lock;
 use crate::pair::{KvPair, LockOptions};
 use crate::raw::Lifecycle;
@@ -87,6 +88,14 @@ pub trait Driver: Send + Sync + 'static {
 
     /// Watches a subtree (see [`Store::watch_tree`](crate::Store::watch_tree)).
     async fn watch_tree(&self, prefix: &str) -> Result<TreeWatchStream>;
+
+    /// The typed event stream of a subtree (see
+    /// [`Store::watch_events`](crate::Store::watch_events)); drivers call
+    /// [`watch_events`](crate::raw::watch_events) with their [`Feed`](crate::raw::Feed).
+    async fn watch_events(&self, prefix: &str, from: Option<Cursor>) -> Result<EventStream> {
+        let _ = (prefix, from);
+        Err(Error::unsupported("watch_events", self.info().backend))
+    }
 
     /// Waits for and takes the lock at `key` (not bounded by the timeout).
     async fn lock(&self, key: &str, options: LockOptions) -> Result<Lock>;

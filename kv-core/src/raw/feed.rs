@@ -7,11 +7,15 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 
 use crate::error::{Error, Result};
+use crate::events::{Cursor, EventStream, WatchEvent};
 use crate::key::in_subtree;
 use crate::pair::KvPair;
 use crate::raw::Lifecycle;
 use crate::retry::Backoff;
-use crate::watch::{key_watch, tree_watch, TreeWatchStream, WatchSink, WatchStream};
+use crate::watch::{
+    key_watch, lossless_event_channel, tree_watch, EventSender, KeyWatcher, TreeWatchStream,
+    TreeWatcher, WatchStream,
+};
 
 /// One change reported by a [`Feed`]. Keys are user keys (namespace stripped).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,7 +40,8 @@ impl Event {
         }
     }
 
-    fn version(&self) -> u64 {
+    /// The revision of the write behind the event.
+    pub fn version(&self) -> u64 {
         match self {
             Event::Put(p) => p.version,
             Event::Delete { version, .. } => *version,
@@ -67,6 +72,14 @@ pub trait Feed: Send + 'static {
     /// Waits for the next change after `cursor`. An `Err` is retried by the engine (with the
     /// same cursor), so a feed re-creates whatever server-side watch it needs.
     async fn next(&mut self, cursor: u64) -> Result<Update>;
+
+    /// True when `next` can replay the history after any cursor of the backend (etcd, until
+    /// compaction, which it reports as `Resync`), so [`watch_events`] resumes a saved cursor
+    /// without a snapshot. `false` (the default): `next` only sees changes from now on, and a
+    /// resumed stream starts with a `Resync`.
+    fn replays(&self) -> bool {
+        false
+    }
 }
 
 /// Watches one key through `feed`. The initial read's error is returned directly.
@@ -74,21 +87,10 @@ pub async fn watch_key<F: Feed>(
     backend: &'static str,
     lifecycle: Lifecycle,
     key: String,
-    mut feed: F,
+    feed: F,
 ) -> Result<WatchStream> {
     let (out, stream) = key_watch();
-    let (pairs, cursor) = feed.read().await?;
-    let mut engine = Engine {
-        backend,
-        scope: Scope::Key(key),
-        state: BTreeMap::new(),
-        out,
-        lifecycle,
-    };
-    engine.replace(pairs);
-    if engine.emit() {
-        tokio::spawn(engine.run(feed, cursor));
-    }
+    start(backend, lifecycle, Scope::Key(key), out, feed, None).await?;
     Ok(stream)
 }
 
@@ -97,22 +99,69 @@ pub async fn watch_tree<F: Feed>(
     backend: &'static str,
     lifecycle: Lifecycle,
     prefix: String,
-    mut feed: F,
+    feed: F,
 ) -> Result<TreeWatchStream> {
     let (out, stream) = tree_watch();
-    let (pairs, cursor) = feed.read().await?;
+    start(backend, lifecycle, Scope::Tree(prefix), out, feed, None).await?;
+    Ok(stream)
+}
+
+/// The typed event stream of the subtree of `prefix` through `feed` (see
+/// [`Store::watch_events`](crate::Store::watch_events)): without `from`, a `Resync` of the
+/// current state first; with `from`, the changes after it (a feed that cannot
+/// [replay](Feed::replays) starts with a `Resync` instead). The initial read's error is
+/// returned directly.
+pub async fn watch_events<F: Feed>(
+    backend: &'static str,
+    lifecycle: Lifecycle,
+    prefix: String,
+    from: Option<Cursor>,
+    feed: F,
+) -> Result<EventStream> {
+    let (tx, stream) = lossless_event_channel();
+    let resume = from.filter(|_| feed.replays()).map(Cursor::get);
+    start(
+        backend,
+        lifecycle,
+        Scope::Tree(prefix),
+        Typed(tx, resume.unwrap_or(0)),
+        feed,
+        resume,
+    )
+    .await?;
+    Ok(Box::pin(stream))
+}
+
+/// Reads the initial state (unless resuming a replaying feed from `resume`), reports it and
+/// spawns the loop.
+async fn start<S: Sink, F: Feed>(
+    backend: &'static str,
+    lifecycle: Lifecycle,
+    scope: Scope,
+    out: S,
+    mut feed: F,
+    resume: Option<u64>,
+) -> Result<()> {
     let mut engine = Engine {
         backend,
-        scope: Scope::Tree(prefix),
+        scope,
         state: BTreeMap::new(),
         out,
         lifecycle,
     };
-    engine.replace(pairs);
-    if engine.emit() {
-        tokio::spawn(engine.run(feed, cursor));
-    }
-    Ok(stream)
+    let cursor = match resume {
+        Some(c) => c,
+        None => {
+            let (pairs, cursor) = feed.read().await?;
+            engine.state = engine.scoped(pairs);
+            if !engine.out.reset(&engine.state, &engine.scope, cursor) {
+                return Ok(());
+            }
+            cursor
+        }
+    };
+    tokio::spawn(engine.run(feed, cursor));
+    Ok(())
 }
 
 enum Scope {
@@ -135,27 +184,210 @@ impl Scope {
     }
 }
 
-/// Emits the engine's state in the form its sink takes.
-trait Emit: WatchSink + 'static {
-    fn emit_state(&mut self, state: &BTreeMap<String, KvPair>, key: &str) -> bool;
-}
+type State = BTreeMap<String, KvPair>;
 
-impl Emit for crate::watch::KeyWatcher {
-    fn emit_state(&mut self, state: &BTreeMap<String, KvPair>, key: &str) -> bool {
-        self.emit(state.get(key).cloned())
+/// What the engine reports to: states (`watch`, `watch_tree`) or typed events. Each method
+/// returns `false` once the caller dropped the stream.
+trait Sink: Send + Sync + 'static {
+    /// The state was (re-)read at `cursor`.
+    fn reset(&mut self, state: &State, scope: &Scope, cursor: u64) -> bool;
+    /// Applies in-scope `events` (up to `cursor`) to `state` and reports them.
+    fn events(&mut self, state: &mut State, scope: &Scope, events: Vec<Event>, cursor: u64)
+        -> bool;
+    /// `new` replaces `state` at `cursor`.
+    fn replace(&mut self, state: &mut State, scope: &Scope, new: State, cursor: u64) -> bool;
+    fn error(&mut self, error: Error) -> bool;
+    fn closed(&self) -> impl std::future::Future<Output = ()> + Send;
+    /// True (once) when the reader fell too far behind and must get a fresh snapshot.
+    fn needs_resync(&mut self) -> bool {
+        false
     }
 }
 
-impl Emit for crate::watch::TreeWatcher {
-    fn emit_state(&mut self, state: &BTreeMap<String, KvPair>, _: &str) -> bool {
+/// Applies one event to a state map.
+fn apply(state: &mut State, ev: Event) {
+    match ev {
+        Event::Put(p) => {
+            state.insert(p.key.clone(), p);
+        }
+        Event::Delete { key, .. } => {
+            state.remove(&key);
+        }
+    }
+}
+
+/// The snapshot sinks: one state after each run of events with one version (one snapshot per
+/// revision); the queue drops consecutive equal states.
+trait Snapshots: Send + Sync + 'static {
+    fn emit_state(&mut self, state: &State, scope: &Scope) -> bool;
+    fn sink_error(&mut self, error: Error) -> bool;
+    fn sink_closed(&self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+impl Snapshots for KeyWatcher {
+    fn emit_state(&mut self, state: &State, scope: &Scope) -> bool {
+        self.emit(state.get(scope.name()).cloned())
+    }
+    fn sink_error(&mut self, error: Error) -> bool {
+        self.error(error)
+    }
+    fn sink_closed(&self) -> impl std::future::Future<Output = ()> + Send {
+        KeyWatcher::closed(self)
+    }
+}
+
+impl Snapshots for TreeWatcher {
+    fn emit_state(&mut self, state: &State, _: &Scope) -> bool {
         self.emit(state.values().cloned().collect())
+    }
+    fn sink_error(&mut self, error: Error) -> bool {
+        self.error(error)
+    }
+    fn sink_closed(&self) -> impl std::future::Future<Output = ()> + Send {
+        TreeWatcher::closed(self)
+    }
+}
+
+impl<T: Snapshots> Sink for T {
+    fn reset(&mut self, state: &State, scope: &Scope, _: u64) -> bool {
+        self.emit_state(state, scope)
+    }
+
+    fn events(&mut self, state: &mut State, scope: &Scope, events: Vec<Event>, _: u64) -> bool {
+        let mut pending: Option<u64> = None;
+        for ev in events {
+            if pending.is_some_and(|v| v != ev.version()) && !self.emit_state(state, scope) {
+                return false;
+            }
+            pending = Some(ev.version());
+            apply(state, ev);
+        }
+        pending.is_none() || self.emit_state(state, scope)
+    }
+
+    fn replace(&mut self, state: &mut State, scope: &Scope, new: State, _: u64) -> bool {
+        *state = new;
+        self.emit_state(state, scope)
+    }
+
+    fn error(&mut self, error: Error) -> bool {
+        self.sink_error(error)
+    }
+
+    fn closed(&self) -> impl std::future::Future<Output = ()> + Send {
+        self.sink_closed()
+    }
+}
+
+/// The typed sink of [`watch_events`], with the last cursor it reported: reported cursors
+/// never go back (a feed's own cursor may, e.g. ZooKeeper's highest version after a delete).
+struct Typed(EventSender<WatchEvent>, u64);
+
+impl Typed {
+    /// Sends events; all but the last of each revision carry the cursor before it, so that
+    /// resuming from any of them replays the whole revision.
+    fn send_all(&mut self, events: Vec<Event>, cursor: u64) -> bool {
+        let n = events.len();
+        for (i, ev) in events.into_iter().enumerate() {
+            let v = ev.version();
+            let last_of_rev = i + 1 == n;
+            let c = match (last_of_rev, v) {
+                (true, _) => cursor.max(v),
+                (false, 0) => cursor.saturating_sub(1),
+                (false, v) => v.saturating_sub(1),
+            };
+            self.1 = self.1.max(c);
+            let cursor = Cursor::new(self.1);
+            let item = match ev {
+                Event::Put(pair) => WatchEvent::Put { pair, cursor },
+                Event::Delete { key, version } => WatchEvent::Delete {
+                    key,
+                    version,
+                    cursor,
+                },
+            };
+            if !self.0.send(Ok(item)) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Groups `events` so that `send_all` can tell the last event of each revision.
+fn by_revision(events: Vec<Event>) -> Vec<Vec<Event>> {
+    let mut out: Vec<Vec<Event>> = Vec::new();
+    for ev in events {
+        match out.last_mut() {
+            Some(run) if run[0].version() == ev.version() => run.push(ev),
+            _ => out.push(vec![ev]),
+        }
+    }
+    out
+}
+
+impl Sink for Typed {
+    fn reset(&mut self, state: &State, _: &Scope, cursor: u64) -> bool {
+        // A snapshot may go back (an index reset): it replaces everything before it.
+        self.1 = cursor;
+        self.0.send(Ok(WatchEvent::Resync {
+            pairs: state.values().cloned().collect(),
+            cursor: Cursor::new(cursor),
+        }))
+    }
+
+    fn events(&mut self, state: &mut State, _: &Scope, events: Vec<Event>, cursor: u64) -> bool {
+        for ev in &events {
+            apply(state, ev.clone());
+        }
+        let runs = by_revision(events);
+        let last = runs.len().saturating_sub(1);
+        for (i, run) in runs.into_iter().enumerate() {
+            let c = if i == last { cursor } else { run[0].version() };
+            if !self.send_all(run, c) {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn replace(&mut self, state: &mut State, _: &Scope, new: State, cursor: u64) -> bool {
+        // The changes between the two states, as events of one revision at `cursor`.
+        let mut events = Vec::new();
+        for (k, p) in &new {
+            if state.get(k).map(|o| o.version) != Some(p.version) {
+                events.push(Event::Put(p.clone()));
+            }
+        }
+        for k in state.keys() {
+            if !new.contains_key(k) {
+                events.push(Event::Delete {
+                    key: k.clone(),
+                    version: cursor,
+                });
+            }
+        }
+        *state = new;
+        self.send_all(events, cursor)
+    }
+
+    fn error(&mut self, error: Error) -> bool {
+        self.0.send(Err(error))
+    }
+
+    fn closed(&self) -> impl std::future::Future<Output = ()> + Send {
+        self.0.closed()
+    }
+
+    fn needs_resync(&mut self) -> bool {
+        self.0.take_overflow()
     }
 }
 
 struct Engine<S> {
     backend: &'static str,
     scope: Scope,
-    state: BTreeMap<String, KvPair>,
+    state: State,
     out: S,
     lifecycle: Lifecycle,
 }
@@ -166,42 +398,13 @@ enum Step<T> {
     Done(Result<T>),
 }
 
-impl<S: Emit> Engine<S> {
-    fn replace(&mut self, pairs: Vec<KvPair>) {
-        self.state = pairs
+impl<S: Sink> Engine<S> {
+    fn scoped(&self, pairs: Vec<KvPair>) -> State {
+        pairs
             .into_iter()
             .filter(|p| self.scope.contains(&p.key))
             .map(|p| (p.key.clone(), p))
-            .collect();
-    }
-
-    fn emit(&mut self) -> bool {
-        let key = self.scope.name().to_string();
-        self.out.emit_state(&self.state, &key)
-    }
-
-    /// Applies events; emits after each run of events with one version (one snapshot per
-    /// revision) and after each event of a key watch. `false` once the stream was dropped.
-    fn apply(&mut self, events: Vec<Event>) -> bool {
-        let mut pending: Option<u64> = None;
-        for ev in events {
-            if !self.scope.contains(ev.key()) {
-                continue;
-            }
-            if pending.is_some_and(|v| v != ev.version()) && !self.emit() {
-                return false;
-            }
-            pending = Some(ev.version());
-            match ev {
-                Event::Put(p) => {
-                    self.state.insert(p.key.clone(), p);
-                }
-                Event::Delete { key, .. } => {
-                    self.state.remove(&key);
-                }
-            }
-        }
-        pending.is_none() || self.emit()
+            .collect()
     }
 
     /// Runs `fut` unless the stream is dropped or the store closed first.
@@ -236,67 +439,70 @@ impl<S: Emit> Engine<S> {
         let mut failures = 0u32;
         let mut resync = false;
         loop {
+            resync |= self.out.needs_resync();
             let step = if resync {
                 match self.step(feed.read()).await {
-                    Step::Done(Ok((pairs, c))) => {
-                        self.replace(pairs);
-                        cursor = c;
-                        resync = false;
-                        Step::Done(Ok(None))
-                    }
+                    Step::Done(Ok((pairs, c))) => Step::Done(Ok(Err((pairs, c)))),
                     Step::Done(Err(e)) => Step::Done(Err(e)),
                     Step::Dropped => Step::Dropped,
                     Step::Closed => Step::Closed,
                 }
             } else {
                 match self.step(feed.next(cursor)).await {
-                    Step::Done(Ok(u)) => Step::Done(Ok(Some(u))),
+                    Step::Done(Ok(u)) => Step::Done(Ok(Ok(u))),
                     Step::Done(Err(e)) => Step::Done(Err(e)),
                     Step::Dropped => Step::Dropped,
                     Step::Closed => Step::Closed,
                 }
             };
+            let name = self.scope.name();
             let alive = match step {
                 Step::Dropped => return,
-                Step::Closed => {
+                Step::Closed | Step::Done(Err(Error::Closed)) => {
                     self.out.error(Error::Closed);
                     return;
                 }
-                Step::Done(Ok(None)) => {
+                Step::Done(Ok(Err((pairs, c)))) => {
                     tracing::debug!(
                         backend = self.backend,
-                        watch = self.scope.name(),
-                        cursor,
+                        watch = name,
+                        cursor = c,
                         "watch re-read"
                     );
-                    self.emit()
+                    resync = false;
+                    cursor = c;
+                    self.state = self.scoped(pairs);
+                    self.out.reset(&self.state, &self.scope, c)
                 }
-                Step::Done(Ok(Some(Update::Resync))) => {
+                Step::Done(Ok(Ok(Update::Resync))) => {
                     tracing::debug!(
                         backend = self.backend,
-                        watch = self.scope.name(),
+                        watch = name,
                         cursor,
                         "watch history gone, re-reading"
                     );
                     resync = true;
                     continue;
                 }
-                Step::Done(Ok(Some(Update::Events(events, c)))) => {
+                Step::Done(Ok(Ok(Update::Events(events, c)))) => {
                     cursor = cursor.max(c);
-                    self.apply(events)
+                    let events: Vec<Event> = events
+                        .into_iter()
+                        .filter(|e| self.scope.contains(e.key()))
+                        .collect();
+                    events.is_empty()
+                        || self
+                            .out
+                            .events(&mut self.state, &self.scope, events, cursor)
                 }
-                Step::Done(Ok(Some(Update::State(pairs, c)))) => {
+                Step::Done(Ok(Ok(Update::State(pairs, c)))) => {
                     cursor = c;
-                    self.replace(pairs);
-                    self.emit()
-                }
-                Step::Done(Err(Error::Closed)) => {
-                    self.out.error(Error::Closed);
-                    return;
+                    let new = self.scoped(pairs);
+                    self.out.replace(&mut self.state, &self.scope, new, c)
                 }
                 Step::Done(Err(e)) => {
                     failures += 1;
-                    tracing::debug!(backend = self.backend, watch = self.scope.name(), failures, error = %e, "watch interrupted, resuming");
+                    tracing::debug!(backend = self.backend, watch = name, failures, error = %e, "watch interrupted, resuming");
                     if failures > 1 && !self.out.error(e) {
                         return;
                     }

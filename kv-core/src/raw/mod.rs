@@ -46,7 +46,7 @@ pub use checked::Checked;
 pub use cleanup::{spawn_cleanup, CleanupFuture, CleanupGuard};
 pub use descriptor::{open, DriverDescriptor, NamespaceIn, OpenFuture};
 pub use driver::{Connect, Driver, DriverInfo};
-pub use feed::{watch_key, watch_tree, Event, Feed, Update};
+pub use feed::{watch_events, watch_key, watch_tree, Event, Feed, Update};
 pub use lifecycle::Lifecycle;
 pub use locks::HeldLocks;
 pub use namespace::Namespace;
@@ -56,4 +56,6 @@ pub use tls::{read_pem, TlsFiles, TLS_OPTIONS};
 pub use crate::error::error_chain;
 pub use crate::key::{check_previous, check_value_size, in_subtree, subtree_start};
 pub use crate::lock::{lost_signal, LockRelease, LostNotifier};
-pub use crate::watch::{key_watch, tree_watch, KeyWatcher, TreeWatcher, WatchSink};
+pub use crate::watch::{
+    key_watch, lossless_event_channel, tree_watch, KeyWatcher, TreeWatcher, WatchSink,
+};
