@@ -75,6 +75,18 @@
 //! - Dropping the stream stops the watch and frees its resources; a slow reader never
 //!   blocks writers (its queue keeps the latest states).
 //!
+//! - `watch_events(prefix, from)` is the typed, resumable form of `watch_tree`: one
+//!   [`WatchEvent::Put`] / [`WatchEvent::Delete`] per change of a key below `prefix` (an expiry
+//!   is a `Delete`; where the backend coalesces, intermediate writes of one key may be skipped),
+//!   each with a [`Cursor`] (etcd revision, Consul index, ZooKeeper zxid, the embedded stores'
+//!   counter). Without `from` the first item is a [`WatchEvent::Resync`] of the subtree; with a
+//!   saved cursor the stream resumes after it, also in another process: the missed changes as
+//!   events where the backend keeps history (etcd, until compaction), otherwise a `Resync`.
+//!   A `Resync` replaces events whenever the backend cannot prove there was no gap (lost
+//!   history, a lost session, an index reset, a reader too slow for its queue): a reader
+//!   applying the items always ends with the subtree's true state. Cursors never go back
+//!   except at a `Resync`.
+//!
 //! ## Locks
 //! - `new_lock(key, options)` waits until no one holds the lock, takes it, and stores
 //!   `options.value` at `key` (readable by anyone with `get`/`list`/`watch`). Dropping the

@@ -38,9 +38,9 @@ pub use kv_core::retry::DEFAULT_TIMEOUT;
 pub use kv_core::url::parse_duration;
 pub use kv_core::{discovery, election};
 pub use kv_core::{
-    normalize_key, normalize_prefix, Capabilities, Compare, CompareFailure, Consistency, Error,
-    KvPair, Lock, LockOptions, LostSignal, PutOptions, Result, Store, TreeWatchStream, Txn, TxnOp,
-    TxnResult, WatchStream,
+    normalize_key, normalize_prefix, Capabilities, Compare, CompareFailure, Consistency, Cursor,
+    Error, EventStream, KvPair, Lock, LockOptions, LostSignal, PutOptions, Result, Store,
+    TreeWatchStream, Txn, TxnOp, TxnResult, WatchEvent, WatchStream,
 };
 
 #[cfg(feature = "consul")]
