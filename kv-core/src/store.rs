@@ -14,7 +14,7 @@ use crate::watch::{TreeWatchStream, WatchStream};
 /// the [crate docs](crate); the conformance suite (`compat-tests`) checks them.
 ///
 /// Keys and prefixes are normalized by [`normalize_key`](crate::normalize_key) /
-/// [`normalize_prefix`](crate::normalize_prefix); an invalid one is [`Error::InvalidKey`](crate::Error::InvalidKey).
+/// [`normalize_prefix`](crate::normalize_prefix); an invalid one is [`Error::InvalidKey`].
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Short backend name (`"sled"`, `"etcd"`, ...).
@@ -26,10 +26,10 @@ pub trait Store: Send + Sync {
     /// Writes `value` at `key` (creating or replacing it) and returns the stored pair.
     async fn put(&self, key: &str, value: &[u8], options: PutOptions) -> Result<KvPair>;
 
-    /// Reads `key`; a missing key is [`Error::NotFound`](crate::Error::NotFound).
+    /// Reads `key`; a missing key is [`Error::NotFound`].
     async fn get(&self, key: &str) -> Result<KvPair>;
 
-    /// Deletes `key`; a missing key is [`Error::NotFound`](crate::Error::NotFound).
+    /// Deletes `key`; a missing key is [`Error::NotFound`].
     async fn delete(&self, key: &str) -> Result<()>;
 
     /// True if `key` exists.
@@ -85,6 +85,6 @@ pub trait Store: Send + Sync {
     async fn txn(&self, txn: Txn) -> Result<Vec<TxnResult>>;
 
     /// Stops background work (watches end, held locks are released) and closes connections.
-    /// Later calls return [`Error::Closed`](crate::Error::Closed).
+    /// Later calls return [`Error::Closed`].
     async fn close(&self) -> Result<()>;
 }
