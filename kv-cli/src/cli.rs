@@ -123,6 +123,18 @@ pub enum Command {
         /// The key or prefix.
         key: String,
     },
+    /// Stream a subtree's typed changes (put / delete / resync, each with its cursor) until
+    /// Ctrl-C; `--from CURSOR` resumes after a cursor printed earlier.
+    #[command(
+        after_help = "Examples:\n  kvctl events app\n  kvctl events app --from 1234 --output json"
+    )]
+    Events {
+        /// The prefix.
+        prefix: String,
+        /// Resume after this cursor (from an earlier run's output).
+        #[arg(long)]
+        from: Option<kv::Cursor>,
+    },
     /// Hold a lock while a command runs; exit with its code (4 if the lock was lost).
     #[command(
         after_help = "Example: kvctl lock jobs/nightly --value host-1 -- ./backup.sh --full\n\nThe command is killed (SIGTERM, then SIGKILL after 5 s) if the lock is lost."

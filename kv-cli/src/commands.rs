@@ -141,6 +141,28 @@ pub async fn watch(store: &Handle, out: Printer, key: &str, recursive: bool) -> 
     }
 }
 
+/// `events`: the typed change stream of a subtree until Ctrl-C.
+pub async fn events(
+    store: &Handle,
+    out: Printer,
+    prefix: &str,
+    from: Option<kv::Cursor>,
+) -> Result<()> {
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    let mut stream = store.watch_events(prefix, from).await?;
+    loop {
+        tokio::select! {
+            _ = &mut interrupted => return Ok(()),
+            item = stream.next() => match item {
+                Some(Ok(ev)) => out.event(prefix, &ev),
+                Some(Err(e)) => eprintln!("kvctl: events: {e} (the stream resumes by itself)"),
+                None => return Err(Error::Closed),
+            },
+        }
+    }
+}
+
 /// `capabilities`.
 pub fn capabilities(store: &Handle, out: Printer) {
     let c = store.capabilities();

@@ -110,6 +110,7 @@ async fn dispatch(
         }
         Command::Rm { prefix, .. } => commands::rm(store, out, prefix).await?,
         Command::Watch { key, recursive } => commands::watch(store, out, key, *recursive).await?,
+        Command::Events { prefix, from } => commands::events(store, out, prefix, *from).await?,
         Command::Lock {
             key,
             value,

@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use base64::Engine;
-use kv::KvPair;
+use kv::{KvPair, WatchEvent};
 use serde_json::{json, Map, Value};
 
 use crate::cli::Output;
@@ -91,6 +91,52 @@ impl Printer {
         );
         for p in pairs {
             self.pair(p);
+        }
+    }
+
+    /// A typed event: `put key = "v" (version N) @cursor`, `delete key @cursor`, or a resync
+    /// header followed by the pairs; JSON: one object with `event`, `cursor` and the pair(s).
+    pub fn event(&self, prefix: &str, ev: &WatchEvent) {
+        let cursor = ev.cursor().get();
+        match ev {
+            WatchEvent::Put { pair, .. } => {
+                let mut j = pair_json(pair);
+                j["event"] = json!("put");
+                j["cursor"] = json!(cursor);
+                let text = format!(
+                    "put {} = {} (version {}) @{cursor}",
+                    pair.key,
+                    show(&pair.value),
+                    pair.version
+                );
+                self.emit(text, j);
+            }
+            WatchEvent::Delete { key, version, .. } => self.emit(
+                format!("delete {key} @{cursor}"),
+                json!({ "event": "delete", "key": key, "version": version, "cursor": cursor }),
+            ),
+            WatchEvent::Resync { pairs, .. } => {
+                let items: Vec<Value> = pairs.iter().map(pair_json).collect();
+                if self.output == Output::Json {
+                    let j = json!({ "event": "resync", "prefix": prefix, "pairs": items, "cursor": cursor });
+                    self.emit(String::new(), j);
+                    return;
+                }
+                self.emit(
+                    format!(
+                        "--- resync: {} keys under {prefix:?} @{cursor}",
+                        pairs.len()
+                    ),
+                    Value::Null,
+                );
+                for p in pairs {
+                    self.pair(p);
+                }
+            }
+            _ => self.emit(
+                format!("{ev:?}"),
+                json!({ "event": "other", "cursor": cursor }),
+            ),
         }
     }
 
