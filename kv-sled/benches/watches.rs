@@ -15,6 +15,7 @@
 //!    delivered, error items.
 
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures::stream::{select_all, StreamExt};
@@ -98,12 +99,21 @@ async fn run(w: usize, puts: usize) {
     // The reader: every stream in one task; each Ok item's value names the put it shows.
     let started: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; puts]));
     let (lat_tx, mut lat_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (ready_tx, ready) = tokio::sync::oneshot::channel();
     let reader = {
         let started = started.clone();
         tokio::spawn(async move {
             let mut all = select_all(streams);
             let (mut errors, mut stray, mut closed) = (0usize, 0usize, 0usize);
-            while let Some((i, item)) = all.next().await {
+            // The first poll visits every stream (10,000 of them): done before the puts start.
+            let mut first = Some(futures::poll!(all.next()));
+            let _ = ready_tx.send(());
+            loop {
+                let next = match first.take() {
+                    Some(Poll::Ready(next)) => next,
+                    _ => all.next().await,
+                };
+                let Some((i, item)) = next else { break };
                 let at = Instant::now();
                 match item {
                     Ok(Some(p)) => {
@@ -131,6 +141,7 @@ async fn run(w: usize, puts: usize) {
             (errors, stray, closed)
         })
     };
+    ready.await.unwrap();
     let put_start = Instant::now();
     for n in 0..puts {
         let k = key(n * w / puts % w);
