@@ -231,3 +231,73 @@ impl Feed for MemFeed {
         self.0.next().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use futures::StreamExt;
+    use kv_core::{PutOptions, Store};
+
+    use super::*;
+
+    impl Watches {
+        fn len(&self) -> usize {
+            self.keys
+                .values()
+                .chain(self.subtrees.values())
+                .map(Vec::len)
+                .sum()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn routes_only_to_interested_watches_and_unregisters_on_drop() {
+        let store = crate::new_store();
+        let count = || store.shared.with(|st| st.watches.len());
+        let mut a = store.watch("a/b").await.unwrap();
+        let mut twin = store.watch("a/b").await.unwrap();
+        let mut tree = store.watch_tree("a").await.unwrap();
+        let mut root = store.watch_tree("").await.unwrap();
+        let mut other = store.watch("c").await.unwrap();
+        for w in [&mut a, &mut twin, &mut other] {
+            assert_eq!(w.next().await.unwrap().unwrap(), None);
+        }
+        for t in [&mut tree, &mut root] {
+            assert_eq!(t.next().await.unwrap().unwrap(), vec![]);
+        }
+        assert_eq!(count(), 5);
+        let inbox = |w: bool| {
+            store.shared.with(|st| {
+                let map = if w {
+                    &st.watches.subtrees
+                } else {
+                    &st.watches.keys
+                };
+                map.values()
+                    .flatten()
+                    .map(|i| i.lock().batches.len())
+                    .sum::<usize>()
+            })
+        };
+        store.put("a/x", b"1", PutOptions::default()).await.unwrap();
+        assert_eq!(inbox(false), 0, "no key watch gets another key's change");
+        assert_eq!(tree.next().await.unwrap().unwrap().len(), 1);
+        assert_eq!(root.next().await.unwrap().unwrap().len(), 1);
+        store
+            .shared
+            .with(|st| assert!(st.watches.wants("zzz"), "the root watch"));
+        drop((a, twin, tree, root));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while count() > 1 {
+            assert!(Instant::now() < deadline, "dropped watches unregister");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // A change nobody watches builds no batch at all.
+        store
+            .shared
+            .with(|st| assert!(!st.watches.wants("a/b") && st.watches.wants("c")));
+        let p = store.put("c", b"v", PutOptions::default()).await.unwrap();
+        assert_eq!(other.next().await.unwrap().unwrap(), Some(p));
+    }
+}
