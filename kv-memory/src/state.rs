@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use kv_core::raw::{LostNotifier, Namespace};
 use kv_core::KvPair;
-use tokio::sync::{mpsc::UnboundedSender, Notify};
+
+use crate::watch::Watches;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Named stores, alive while a handle holds them.
@@ -54,7 +56,7 @@ impl Shared {
         let out = f(&mut st);
         if !st.pending.is_empty() {
             let batch: Arc<[Change]> = std::mem::take(&mut st.pending).into();
-            st.subs.retain(|tx| tx.send(batch.clone()).is_ok());
+            st.watches.publish(batch);
         }
         let timers = std::mem::take(&mut st.timers);
         drop(st);
@@ -128,8 +130,8 @@ pub(crate) struct State {
     pub rev: u64,
     data: BTreeMap<String, Entry>,
     expiry: BTreeSet<(Instant, String)>,
-    /// Watches: each gets every batch of changes (its feed keeps what it watches).
-    pub subs: Vec<UnboundedSender<Arc<[Change]>>>,
+    /// Watches, by key and subtree: each gets the batches of changes that touch it.
+    pub watches: Watches,
     pub locks: HashMap<String, Slot>,
     pending: Vec<Change>,
     timers: Vec<Instant>,
@@ -173,7 +175,7 @@ impl State {
     /// is lost (the lock's own writes take the holder out first).
     /// A TTL too long to represent makes the key permanent.
     pub fn write(&mut self, key: &str, new: Option<(Vec<u8>, Option<Duration>)>, rev: u64) {
-        let (is_put, watched) = (new.is_some(), !self.subs.is_empty());
+        let (is_put, watched) = (new.is_some(), self.watches.wants(key));
         let change = new
             .as_ref()
             .filter(|_| watched)

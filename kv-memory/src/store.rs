@@ -35,7 +35,8 @@ pub struct MemoryDriver {
     info: DriverInfo,
     pub(crate) life: Lifecycle,
     pub(crate) shared: Arc<Shared>,
-    pub(crate) ns: Namespace,
+    /// Shared with every watch of this handle.
+    pub(crate) ns: Arc<Namespace>,
     pub(crate) held: Arc<HeldLocks<(String, u64)>>,
 }
 
@@ -52,7 +53,7 @@ impl MemoryDriver {
             },
             life: Lifecycle::new(),
             shared: Shared::get(&config.name),
-            ns,
+            ns: Arc::new(ns),
             held: Arc::new(HeldLocks::new()),
         })
     }

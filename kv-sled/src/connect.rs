@@ -38,7 +38,7 @@ impl Connect for SledDriver {
             },
             config,
             life: Lifecycle::new(),
-            namespace,
+            namespace: Arc::new(namespace),
             shared: Mutex::new(Some(shared)),
             held: Arc::new(HeldLocks::new()),
         })

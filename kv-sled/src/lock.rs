@@ -164,7 +164,7 @@ pub(crate) async fn acquire(driver: &SledDriver, key: &str, options: LockOptions
             Duration::from_millis(blocked_until.saturating_sub(now_ms()).clamp(1, 500))
         };
         tokio::select! {
-            _ = sub.rx.recv() => {}
+            _ = sub.recv() => {}
             _ = tokio::time::sleep(wait) => {}
             _ = life.closed() => return Err(Error::Closed),
         }
@@ -253,7 +253,7 @@ async fn holder(
         }
         let ev = tokio::select! {
             _ = stop_rx.wait_for(|s| *s) => Ev::Stop,
-            c = sub.rx.recv() => Ev::Change(c.map(|(_, v)| v)),
+            c = sub.recv() => Ev::Change(c.map(|(_, v)| v)),
             _ = tokio::time::sleep_until(next_renew), if keep_alive => Ev::Renew,
         };
         match ev {

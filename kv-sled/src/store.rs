@@ -22,7 +22,8 @@ pub struct SledDriver {
     pub(crate) config: SledConfig,
     pub(crate) info: DriverInfo,
     pub(crate) life: Lifecycle,
-    pub(crate) namespace: Namespace,
+    /// Shared with every watch of this handle.
+    pub(crate) namespace: Arc<Namespace>,
     /// The database while this handle is open (`None` after `close`).
     pub(crate) shared: Mutex<Option<Arc<Shared>>>,
     /// Locks taken through this handle, released by `close`.
@@ -50,7 +51,7 @@ impl SledDriver {
         self.namespace.as_str()
     }
 
-    pub(crate) fn namespace_map(&self) -> &Namespace {
+    pub(crate) fn namespace_map(&self) -> &Arc<Namespace> {
         &self.namespace
     }
 

@@ -24,61 +24,55 @@ use crate::BACKEND;
 /// Most changes taken from the hub per `next` call.
 const BATCH: usize = 256;
 
-/// What one watch follows.
+/// What one watch follows besides its subscription (which holds the stored key or subtree
+/// start): the last version seen of the key, or of each stored key of the subtree.
 enum Scope {
-    /// One key: its user key, stored key and the last version seen of it.
-    Key {
-        key: String,
-        skey: Vec<u8>,
-        last: u64,
-    },
-    /// A subtree: its stored-key start and the last version seen of each stored key.
-    Tree {
-        start: Vec<u8>,
-        last: HashMap<Vec<u8>, u64>,
-    },
+    Key(u64),
+    Tree(HashMap<sled::IVec, u64>),
 }
 
-/// The feed of one watch.
-struct SledFeed {
+/// The feed of one watch: one pointer, so the engine's task (which holds the feed for the
+/// watch's whole life, in a cell rounded up to 128 bytes) stays in its smallest size class.
+struct SledFeed(Box<Inner>);
+
+struct Inner {
     shared: Weak<Shared>,
-    namespace: Namespace,
+    namespace: Arc<Namespace>,
     sub: Subscription,
     scope: Scope,
     /// An error met in a batch that also had events, reported by the next `next`.
-    deferred: Option<Error>,
+    deferred: Option<Box<Error>>,
 }
 
 impl SledFeed {
-    /// Subscribes before anything is read: every later change then arrives through `sub`.
-    fn new(driver: &SledDriver, shared: &Arc<Shared>, scope: Scope) -> Self {
-        let sub = match &scope {
-            Scope::Key { skey, .. } => shared.hub.key(skey),
-            Scope::Tree { start, .. } => shared.hub.prefix(start),
-        };
-        SledFeed {
+    /// `sub` was subscribed before anything is read: every later change arrives through it.
+    fn new(driver: &SledDriver, shared: &Arc<Shared>, sub: Subscription, scope: Scope) -> Self {
+        SledFeed(Box::new(Inner {
             shared: Arc::downgrade(shared),
             namespace: driver.namespace_map().clone(),
             sub,
             scope,
             deferred: None,
-        }
+        }))
+    }
+}
+
+impl Inner {
+    fn user_key(&self, skey: &[u8]) -> Option<String> {
+        std::str::from_utf8(skey)
+            .ok()
+            .and_then(|s| self.namespace.user_key(s))
     }
 
     /// The event of one change, or `None` if it is not newer than what this watch saw.
     fn event(&mut self, (skey, bytes): Change) -> Result<Option<Event>> {
         let rec = Record::decode(&bytes)?;
-        let (key, last) = match &mut self.scope {
-            Scope::Key { key, last, .. } => (key.clone(), last),
-            Scope::Tree { last, .. } => {
-                let Some(key) = std::str::from_utf8(&skey)
-                    .ok()
-                    .and_then(|s| self.namespace.user_key(s))
-                else {
-                    return Ok(None);
-                };
-                (key, last.entry(skey.to_vec()).or_insert(0))
-            }
+        let Some(key) = self.user_key(&skey) else {
+            return Ok(None);
+        };
+        let last = match &mut self.scope {
+            Scope::Key(last) => last,
+            Scope::Tree(last) => last.entry(skey).or_insert(0),
         };
         if rec.version <= *last {
             return Ok(None);
@@ -93,28 +87,54 @@ impl SledFeed {
             }
         }))
     }
-}
 
-#[async_trait]
-impl Feed for SledFeed {
-    async fn read(&mut self) -> Result<(Vec<KvPair>, u64)> {
+    /// The events of one batch; an error is kept for the next call when events came too.
+    fn events(&mut self, batch: Vec<Change>, cursor: &mut u64) -> Result<Vec<Event>> {
+        let mut events = Vec::new();
+        for change in batch {
+            match self.event(change) {
+                Ok(Some(ev)) => {
+                    *cursor = (*cursor).max(version(&ev));
+                    events.push(ev);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.deferred.get_or_insert(Box::new(e));
+                }
+            }
+        }
+        match self.deferred.take() {
+            Some(e) if events.is_empty() => Err(*e),
+            d => {
+                self.deferred = d;
+                Ok(events)
+            }
+        }
+    }
+
+    fn read(&mut self) -> Result<(Vec<KvPair>, u64)> {
         let shared = self.shared.upgrade().ok_or(Error::Closed)?;
         let now = now_ms();
         let mut pairs = Vec::new();
         let mut cursor = 0;
+        let filter = self.sub.filter();
         match &mut self.scope {
-            Scope::Key { key, skey, last } => {
-                if let Some(b) = shared.data.get(&*skey).map_err(|e| map_err("watch", e))? {
+            Scope::Key(last) => {
+                if let Some(b) = shared.data.get(filter).map_err(|e| map_err("watch", e))? {
                     let r = Record::decode(&b)?;
                     *last = (*last).max(r.version);
                     cursor = r.version;
                     if r.is_live(now) {
-                        pairs.push(KvPair::new(key.clone(), r.value, r.version));
+                        let key = std::str::from_utf8(filter)
+                            .ok()
+                            .and_then(|s| self.namespace.user_key(s))
+                            .ok_or_else(|| Error::invalid_argument("internal: bad stored key"))?;
+                        pairs.push(KvPair::new(key, r.value, r.version));
                     }
                 }
             }
-            Scope::Tree { start, last } => {
-                for item in shared.data.scan_prefix(&*start) {
+            Scope::Tree(last) => {
+                for item in shared.data.scan_prefix(filter) {
                     let (k, v) = item.map_err(|e| map_err("watch_tree", e))?;
                     let Some(key) = std::str::from_utf8(&k)
                         .ok()
@@ -123,7 +143,7 @@ impl Feed for SledFeed {
                         continue;
                     };
                     let r = Record::decode(&v)?;
-                    let seen = last.entry(k.to_vec()).or_insert(0);
+                    let seen = last.entry(k).or_insert(0);
                     *seen = (*seen).max(r.version);
                     cursor = cursor.max(r.version);
                     if r.is_live(now) {
@@ -137,39 +157,28 @@ impl Feed for SledFeed {
 
     async fn next(&mut self, cursor: u64) -> Result<Update> {
         if let Some(e) = self.deferred.take() {
-            return Err(e);
+            return Err(*e);
         }
-        let mut events = Vec::new();
         let mut cursor = cursor;
-        while events.is_empty() {
-            // `recv` is cancel-safe: the engine drops this future when the stream is dropped.
-            let first = self.sub.rx.recv().await.ok_or(Error::Closed)?;
-            let mut batch = vec![first];
-            while batch.len() < BATCH {
-                match self.sub.rx.try_recv() {
-                    Ok(c) => batch.push(c),
-                    Err(_) => break,
-                }
-            }
-            for change in batch {
-                match self.event(change) {
-                    Ok(Some(ev)) => {
-                        cursor = cursor.max(version(&ev));
-                        events.push(ev);
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        self.deferred.get_or_insert(e);
-                    }
-                }
-            }
-            if events.is_empty() {
-                if let Some(e) = self.deferred.take() {
-                    return Err(e);
-                }
+        loop {
+            // Cancel-safe: the engine drops this future when the stream is dropped.
+            let batch = self.sub.recv_batch(BATCH).await.ok_or(Error::Closed)?;
+            let events = self.events(batch, &mut cursor)?;
+            if !events.is_empty() {
+                return Ok(Update::Events(events, cursor));
             }
         }
-        Ok(Update::Events(events, cursor))
+    }
+}
+
+#[async_trait]
+impl Feed for SledFeed {
+    async fn read(&mut self) -> Result<(Vec<KvPair>, u64)> {
+        self.0.read()
+    }
+
+    async fn next(&mut self, cursor: u64) -> Result<Update> {
+        self.0.next(cursor).await
     }
 }
 
@@ -183,12 +192,8 @@ fn version(ev: &Event) -> u64 {
 /// Watches the normalized `key`.
 pub(crate) async fn key(driver: &SledDriver, key: &str) -> Result<WatchStream> {
     let shared = driver.shared()?;
-    let scope = Scope::Key {
-        key: key.to_string(),
-        skey: driver.skey(key),
-        last: 0,
-    };
-    let feed = SledFeed::new(driver, &shared, scope);
+    let sub = shared.hub.key(&driver.skey(key));
+    let feed = SledFeed::new(driver, &shared, sub, Scope::Key(0));
     drop(shared);
     watch_key(BACKEND, driver.life().clone(), key.to_string(), feed).await
 }
@@ -213,11 +218,8 @@ pub(crate) async fn events(
 
 pub(crate) async fn tree(driver: &SledDriver, prefix: &str) -> Result<TreeWatchStream> {
     let shared = driver.shared()?;
-    let scope = Scope::Tree {
-        start: driver.subtree(prefix),
-        last: HashMap::new(),
-    };
-    let feed = SledFeed::new(driver, &shared, scope);
+    let sub = shared.hub.prefix(&driver.subtree(prefix));
+    let feed = SledFeed::new(driver, &shared, sub, Scope::Tree(HashMap::new()));
     drop(shared);
     watch_tree(BACKEND, driver.life().clone(), prefix.to_string(), feed).await
 }
