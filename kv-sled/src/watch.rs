@@ -206,11 +206,8 @@ pub(crate) async fn events(
     from: Option<kv_core::Cursor>,
 ) -> Result<kv_core::EventStream> {
     let shared = driver.shared()?;
-    let scope = Scope::Tree {
-        start: driver.subtree(prefix),
-        last: HashMap::new(),
-    };
-    let feed = SledFeed::new(driver, &shared, scope);
+    let sub = shared.hub.prefix(&driver.subtree(prefix));
+    let feed = SledFeed::new(driver, &shared, sub, Scope::Tree(HashMap::new()));
     drop(shared);
     let life = driver.life().clone();
     kv_core::raw::watch_events(BACKEND, life, prefix.to_string(), from, feed).await
