@@ -102,11 +102,57 @@ enum Wake {
     Outage,
 }
 
+/// Sleeps until `d` (never without one). The timer is boxed: an idle watch waiting on no
+/// deadline keeps no timer in its state.
 async fn sleep_opt(d: Option<Instant>) {
     match d {
-        Some(d) => tokio::time::sleep_until(d).await,
+        Some(d) => Box::pin(tokio::time::sleep_until(d)).await,
         None => std::future::pending().await,
     }
+}
+
+fn unreachable(inner: &Inner, message: String) -> Error {
+    Error::Unreachable {
+        endpoint: inner.endpoints.clone(),
+        message,
+        source: None,
+    }
+}
+
+/// Reads the watched key or subtree (after a `sync` of `path` if `sync`), bounded by the store
+/// timeout: the pairs and the earliest TTL expiry (ms) among them.
+async fn read_state(
+    inner: &Inner,
+    target: &Target,
+    path: &str,
+    client: &Client,
+    sync: bool,
+) -> Result<(Vec<KvPair>, Option<i64>)> {
+    let read = async {
+        match target {
+            Target::Key(key) => match read_node_synced(client, path, sync).await? {
+                Node::Value(v, stat, ttl) => Ok((
+                    vec![KvPair::new(key.clone(), v, stat.mzxid as u64)],
+                    ttl.map(|t| stat.mtime.saturating_add(t as i64)),
+                )),
+                Node::Expired(stat) => {
+                    inner.reap(client, path, &stat);
+                    Ok((Vec::new(), None))
+                }
+                Node::NoValue(_) | Node::Missing => Ok((Vec::new(), None)),
+            },
+            Target::Tree(prefix) => {
+                after_sync(client, path, sync, tree::list(inner, client, prefix)).await
+            }
+        }
+    };
+    let name = match target {
+        Target::Key(k) | Target::Tree(k) => k,
+    };
+    tokio::time::timeout(inner.cfg.timeout, read)
+        .await
+        .map_err(|_| unreachable(inner, "no answer to the watch's read".into()))?
+        .map_err(|e: zk::Error| inner.err(e, name))
 }
 
 impl ZkFeed {
@@ -131,60 +177,46 @@ impl ZkFeed {
     }
 
     fn unreachable(&self, message: String) -> Error {
-        Error::Unreachable {
-            endpoint: self.inner.endpoints.clone(),
-            message,
-            source: None,
-        }
+        unreachable(&self.inner, message)
     }
 
-    /// Adds the persistent recursive watch on `conn`'s session.
-    async fn arm(&mut self, conn: &Conn) -> Result<()> {
+    /// Adds the persistent recursive watch on `conn`'s session and reads the watched state
+    /// (after a `sync` if `sync`), pipelined: `addWatch`, `sync` and the read are sent without
+    /// waiting for each other's answers. ZooKeeper answers a session's requests in order, so
+    /// the watch is in place before the read: no change after the read is missed.
+    async fn arm_and_read(&mut self, conn: &Conn, sync: bool) -> Result<(Vec<KvPair>, u64)> {
         // The old watcher (if any) goes after the new one exists: the server keeps watching.
         // On failure none is left, so the next call arms again.
         let _old = self.armed.take();
-        let pw = tokio::time::timeout(
-            self.inner.cfg.timeout,
-            conn.client
-                .watch(&self.path, AddWatchMode::PersistentRecursive),
-        )
-        .await
-        .map_err(|_| self.unreachable("no answer to adding the watch".into()))?
-        .map_err(|e| self.inner.err(e, self.name()))?;
+        let client = conn.client.clone();
+        let adding = client.watch(&self.path, AddWatchMode::PersistentRecursive);
+        let reading = read_state(&self.inner, &self.target, &self.path, &client, sync);
+        let (added, read) = futures::join!(
+            tokio::time::timeout(self.inner.cfg.timeout, adding),
+            reading
+        );
+        let pw = added
+            .map_err(|_| self.unreachable("no answer to adding the watch".into()))?
+            .map_err(|e| self.inner.err(e, self.name()))?;
         self.armed = Some(Armed {
             gen: conn.gen,
             client: conn.client.clone(),
             pw,
         });
         self.disconnected = false;
-        Ok(())
+        self.pending = None;
+        self.finish_read(read)
     }
 
-    /// Reads the watched state (after a `sync` if `sync`), noting the earliest TTL expiry.
+    /// Reads the watched state (after a `sync` if `sync`).
     async fn state(&mut self, client: &Client, sync: bool) -> Result<(Vec<KvPair>, u64)> {
-        let inner = &self.inner;
-        let read = async {
-            match &self.target {
-                Target::Key(key) => match read_node_synced(client, &self.path, sync).await? {
-                    Node::Value(v, stat, ttl) => Ok((
-                        vec![KvPair::new(key.clone(), v, stat.mzxid as u64)],
-                        ttl.map(|t| stat.mtime.saturating_add(t as i64)),
-                    )),
-                    Node::Expired(stat) => {
-                        inner.reap(client, &self.path, &stat);
-                        Ok((Vec::new(), None))
-                    }
-                    Node::NoValue(_) | Node::Missing => Ok((Vec::new(), None)),
-                },
-                Target::Tree(prefix) => {
-                    after_sync(client, &self.path, sync, tree::list(inner, client, prefix)).await
-                }
-            }
-        };
-        let (pairs, exp) = tokio::time::timeout(inner.cfg.timeout, read)
-            .await
-            .map_err(|_| self.unreachable("no answer to the watch's read".into()))?
-            .map_err(|e: zk::Error| inner.err(e, self.name()))?;
+        let read = read_state(&self.inner, &self.target, &self.path, client, sync).await;
+        self.finish_read(read)
+    }
+
+    /// Notes the earliest TTL expiry of a read; its pairs and cursor (the largest zxid read).
+    fn finish_read(&mut self, read: Result<(Vec<KvPair>, Option<i64>)>) -> Result<(Vec<KvPair>, u64)> {
+        let (pairs, exp) = read?;
         self.expiry = exp.map(|e| {
             let wait = (e - codec::now_ms()).max(0) as u64 + 5;
             Instant::now() + Duration::from_millis(wait)
@@ -213,12 +245,13 @@ impl ZkFeed {
 impl Feed for ZkFeed {
     async fn read(&mut self) -> Result<(Vec<KvPair>, u64)> {
         let conn = self.inner.conn()?;
-        self.arm(&conn).await?;
-        self.pending = None;
-        self.state(&conn.client, self.inner.sync_reads()).await
+        let sync = self.inner.sync_reads();
+        self.arm_and_read(&conn, sync).await
     }
 
     async fn next(&mut self, _cursor: u64) -> Result<Update> {
+        // The rare steps (arming, reading, waiting for a session) are boxed, so the state an
+        // idle watch keeps while it waits stays small.
         let timeout = self.inner.cfg.timeout;
         loop {
             let conn = self.inner.conn()?;
@@ -226,7 +259,7 @@ impl Feed for ZkFeed {
                 // First arm, a new session, or the session ended: (re-)arm, re-read synced.
                 self.armed = None;
                 if conn.client.state().is_terminated() {
-                    self.new_session(conn.gen).await?;
+                    Box::pin(self.new_session(conn.gen)).await?;
                     continue;
                 }
                 tracing::debug!(
@@ -235,40 +268,47 @@ impl Feed for ZkFeed {
                     session = conn.gen,
                     "re-arming the watch"
                 );
-                self.arm(&conn).await?;
-                self.pending = Some(self.inner.sync_reads());
+                let sync = self.inner.sync_reads();
+                let (pairs, cursor) = Box::pin(self.arm_and_read(&conn, sync)).await?;
+                return Ok(Update::State(pairs, cursor));
             }
             if let Some(sync) = self.pending {
                 let client = conn.client.clone();
-                let (pairs, cursor) = self.state(&client, sync).await?;
+                let (pairs, cursor) = Box::pin(self.state(&client, sync)).await?;
                 self.pending = None;
                 return Ok(Update::State(pairs, cursor));
             }
-            let only_path = match self.target {
-                Target::Key(_) => Some(self.path.clone()),
-                Target::Tree(_) => None,
-            };
+            let key_only = matches!(self.target, Target::Key(_));
             let outage = self.disconnected.then(|| Instant::now() + timeout);
-            let expiry = self.expiry;
+            let deadline = match (self.expiry, outage) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let Some(armed) = self.armed.as_mut() else {
                 continue;
             };
+            let only_path = key_only.then_some(self.path.as_str());
             let wake = tokio::select! {
                 ev = armed.pw.changed() => {
                     let mut seen = Seen::default();
-                    seen.add(&ev, only_path.as_deref());
+                    seen.add(&ev, only_path);
                     // Coalesce whatever else is already queued.
                     while !seen.terminal {
                         match armed.pw.changed().now_or_never() {
-                            Some(ev) => seen.add(&ev, only_path.as_deref()),
+                            Some(ev) => seen.add(&ev, only_path),
                             None => break,
                         }
                     }
                     Wake::Seen(seen)
                 }
                 _ = self.conn_rx.changed() => Wake::Session,
-                _ = sleep_opt(expiry) => Wake::Expiry,
-                _ = sleep_opt(outage) => Wake::Outage,
+                _ = sleep_opt(deadline) => {
+                    if outage.is_some_and(|o| o <= Instant::now()) {
+                        Wake::Outage
+                    } else {
+                        Wake::Expiry
+                    }
+                }
             };
             match wake {
                 Wake::Session => {}
@@ -284,17 +324,19 @@ impl Feed for ZkFeed {
                 Wake::Seen(seen) if seen.terminal => {
                     tracing::debug!(backend = BACKEND, watch = self.name(), "watch session ended");
                     self.armed = None;
-                    self.new_session(conn.gen).await?;
+                    Box::pin(self.new_session(conn.gen)).await?;
                 }
                 Wake::Seen(seen) => {
                     if seen.connected {
                         // Back after a disconnect: add the watch again (the client does not
-                        // re-register persistent watches), then re-read synced.
+                        // re-register persistent watches, and events during the outage may be
+                        // lost, ZOOKEEPER-4698), re-reading synced in the same round trip.
                         let client = armed.client.clone();
                         tracing::debug!(backend = BACKEND, watch = self.name(), "reconnected; re-adding the watch");
                         let conn = Conn { client, gen: conn.gen };
-                        self.arm(&conn).await?;
-                        self.pending = Some(self.inner.sync_reads());
+                        let sync = self.inner.sync_reads();
+                        let (pairs, cursor) = Box::pin(self.arm_and_read(&conn, sync)).await?;
+                        return Ok(Update::State(pairs, cursor));
                     } else if seen.disconnected {
                         self.disconnected = true;
                         return Err(self.unreachable("connection to ZooKeeper lost".into()));
