@@ -1,6 +1,6 @@
 //! The state a store shares with its background tasks, and the key ↔ znode path mapping.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use kv_core::raw::{HeldLocks, Lifecycle, Namespace};
@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use zookeeper_client::{Acls, Client, CreateMode, CreateOptions};
 
 use crate::error::{self, Context};
+use crate::hub::Hub;
 use crate::known::KnownNodes;
 use crate::{codec, lock, ZkConfig, LOCKS_DIR};
 
@@ -32,6 +33,8 @@ pub(crate) struct Inner {
     pub locks: HeldLocks<Arc<lock::Held>>,
     /// What this store knows of the znodes it wrote or read (see [`crate::known`]).
     pub known: KnownNodes,
+    /// The shared watch of the current session, while a watch uses it (see [`crate::hub`]).
+    pub hub: tokio::sync::Mutex<Weak<Hub>>,
 }
 
 impl Inner {
@@ -54,6 +57,7 @@ impl Inner {
             life: Lifecycle::new(),
             locks: HeldLocks::new(),
             known: KnownNodes::default(),
+            hub: tokio::sync::Mutex::new(Weak::new()),
         }
     }
 

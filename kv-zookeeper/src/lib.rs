@@ -13,6 +13,7 @@ mod node;
 mod store;
 mod tree;
 mod txn;
+mod hub;
 mod watch;
 mod write;
 

@@ -1,25 +1,27 @@
-//! `watch` and `watch_tree` as a [`Feed`] of kv-core's watch engine: one persistent recursive
-//! watch per stream on the key's or prefix's znode, and a re-read after each trigger.
+//! `watch` and `watch_tree` as a [`Feed`] of kv-core's watch engine, all of a store's watches
+//! sharing one server-side watch per session ([`crate::hub`]), and a re-read after each trigger.
 //!
-//! `read` arms the watch (if needed) and reads after a `sync` (linearizable reads); the cursor
-//! is the largest zxid read. `next` waits for the watch to fire (an event on the key's znode,
-//! anything below the prefix, a TTL expiry that is due, a reconnect, a new session) and returns
-//! the state read then ([`Update::State`]). A lost connection is an `Err` at once (the engine
-//! retries silently once) and then one `Err` per store timeout the outage lasts; after a
-//! reconnect the watch is added again (zookeeper-client 0.11 re-registers only one-shot watches)
-//! and the state re-read; a session expiry re-arms on the store's next session.
+//! `read` registers the watch with the session's hub (the first watch adds the shared
+//! persistent recursive watch on the namespace root) and reads after a `sync` (linearizable
+//! reads); the cursor is the largest zxid read. `next` waits for the hub to mark the watch (an
+//! event on the key's znode, anything below the prefix, a reconnect, a new session) or a TTL
+//! expiry that is due, and returns the state read then ([`Update::State`]). A lost connection
+//! is an `Err` at once (the engine retries silently once) and then one `Err` per store timeout
+//! the outage lasts; after a reconnect the hub adds the shared watch again and every watch
+//! re-reads synced (events can be lost across a reconnect, ZOOKEEPER-4698); a session expiry
+//! re-registers on the store's next session.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
 use kv_core::raw::{watch_key, watch_tree, Feed, Update};
 use kv_core::{async_trait, Error, KvPair, Result, TreeWatchStream, WatchStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use zookeeper_client as zk;
-use zookeeper_client::{AddWatchMode, Client, EventType, PersistentWatcher, SessionState};
+use zookeeper_client::Client;
 
+use crate::hub::Registration;
 use crate::inner::{Conn, Inner};
 use crate::node::{after_sync, read_node_synced, Node};
 use crate::{codec, tree, BACKEND};
@@ -45,19 +47,13 @@ enum Target {
     Tree(String),
 }
 
-/// The watch on the current session.
-struct Armed {
-    gen: u64,
-    client: Arc<Client>,
-    pw: PersistentWatcher,
-}
-
 struct ZkFeed {
     inner: Arc<Inner>,
     target: Target,
     /// The watched znode.
     path: String,
-    armed: Option<Armed>,
+    /// The watch's place in the hub of the session it was registered on.
+    reg: Option<Registration>,
     /// When the earliest TTL among the pairs read is due.
     expiry: Option<Instant>,
     /// The connection is lost (a `Disconnected` event and no reconnect yet).
@@ -67,36 +63,8 @@ struct ZkFeed {
     conn_rx: watch::Receiver<Option<Conn>>,
 }
 
-/// What the watch saw.
-#[derive(Default)]
-struct Seen {
-    reread: bool,
-    disconnected: bool,
-    connected: bool,
-    terminal: bool,
-}
-
-impl Seen {
-    fn add(&mut self, ev: &zk::WatchedEvent, only_path: Option<&str>) {
-        match ev.event_type {
-            EventType::Session => match ev.session_state {
-                SessionState::Disconnected => self.disconnected = true,
-                SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
-                    self.connected = true
-                }
-                _ => self.terminal = true,
-            },
-            _ => {
-                if only_path.map_or(true, |o| o == ev.path) {
-                    self.reread = true;
-                }
-            }
-        }
-    }
-}
-
 enum Wake {
-    Seen(Seen),
+    Seen(crate::hub::Seen),
     Session,
     Expiry,
     Outage,
@@ -162,7 +130,7 @@ impl ZkFeed {
             inner,
             target,
             path,
-            armed: None,
+            reg: None,
             expiry: None,
             disconnected: false,
             pending: None,
@@ -180,31 +148,21 @@ impl ZkFeed {
         unreachable(&self.inner, message)
     }
 
-    /// Adds the persistent recursive watch on `conn`'s session and reads the watched state
-    /// (after a `sync` if `sync`), pipelined: `addWatch`, `sync` and the read are sent without
-    /// waiting for each other's answers. ZooKeeper answers a session's requests in order, so
-    /// the watch is in place before the read: no change after the read is missed.
+    /// Registers the watch with the hub of `conn`'s session (unless it is) and reads the
+    /// watched state (after a `sync` if `sync`). The registration precedes the read, and the
+    /// shared watch was added before on the same session, so no change after the read is missed.
     async fn arm_and_read(&mut self, conn: &Conn, sync: bool) -> Result<(Vec<KvPair>, u64)> {
-        // The old watcher (if any) goes after the new one exists: the server keeps watching.
-        // On failure none is left, so the next call arms again.
-        let _old = self.armed.take();
-        let client = conn.client.clone();
-        let adding = client.watch(&self.path, AddWatchMode::PersistentRecursive);
-        let reading = read_state(&self.inner, &self.target, &self.path, &client, sync);
-        let (added, read) = futures::join!(
-            tokio::time::timeout(self.inner.cfg.timeout, adding),
-            reading
-        );
-        let pw = added
-            .map_err(|_| self.unreachable("no answer to adding the watch".into()))?
-            .map_err(|e| self.inner.err(e, self.name()))?;
-        self.armed = Some(Armed {
-            gen: conn.gen,
-            client: conn.client.clone(),
-            pw,
-        });
+        if self.reg.as_ref().map(|r| r.hub.gen) != Some(conn.gen) {
+            self.reg = None;
+            let hub = self.inner.hub(conn).await?;
+            let tree = matches!(self.target, Target::Tree(_));
+            self.reg = Some(hub.register(&self.path, tree));
+        } else if let Some(r) = &self.reg {
+            r.slot.clear_reread();
+        }
         self.disconnected = false;
         self.pending = None;
+        let read = read_state(&self.inner, &self.target, &self.path, &conn.client, sync).await;
         self.finish_read(read)
     }
 
@@ -250,14 +208,14 @@ impl Feed for ZkFeed {
     }
 
     async fn next(&mut self, _cursor: u64) -> Result<Update> {
-        // The rare steps (arming, reading, waiting for a session) are boxed, so the state an
-        // idle watch keeps while it waits stays small.
+        // The rare steps (registering, reading, waiting for a session) are boxed, so the state
+        // an idle watch keeps while it waits stays small.
         let timeout = self.inner.cfg.timeout;
         loop {
             let conn = self.inner.conn()?;
-            if self.armed.as_ref().map(|a| a.gen) != Some(conn.gen) {
-                // First arm, a new session, or the session ended: (re-)arm, re-read synced.
-                self.armed = None;
+            if self.reg.as_ref().map(|r| r.hub.gen) != Some(conn.gen) {
+                // A new session, or the session ended: register again, re-read synced.
+                self.reg = None;
                 if conn.client.state().is_terminated() {
                     Box::pin(self.new_session(conn.gen)).await?;
                     continue;
@@ -278,29 +236,15 @@ impl Feed for ZkFeed {
                 self.pending = None;
                 return Ok(Update::State(pairs, cursor));
             }
-            let key_only = matches!(self.target, Target::Key(_));
             let outage = self.disconnected.then(|| Instant::now() + timeout);
             let deadline = match (self.expiry, outage) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let Some(armed) = self.armed.as_mut() else {
-                continue;
-            };
-            let only_path = key_only.then_some(self.path.as_str());
+            let Some(reg) = &self.reg else { continue };
+            let slot = &reg.slot;
             let wake = tokio::select! {
-                ev = armed.pw.changed() => {
-                    let mut seen = Seen::default();
-                    seen.add(&ev, only_path);
-                    // Coalesce whatever else is already queued.
-                    while !seen.terminal {
-                        match armed.pw.changed().now_or_never() {
-                            Some(ev) => seen.add(&ev, only_path),
-                            None => break,
-                        }
-                    }
-                    Wake::Seen(seen)
-                }
+                _ = slot.wait() => Wake::Seen(slot.take()),
                 _ = self.conn_rx.changed() => Wake::Session,
                 _ = sleep_opt(deadline) => {
                     if outage.is_some_and(|o| o <= Instant::now()) {
@@ -323,20 +267,16 @@ impl Feed for ZkFeed {
                 }
                 Wake::Seen(seen) if seen.terminal => {
                     tracing::debug!(backend = BACKEND, watch = self.name(), "watch session ended");
-                    self.armed = None;
+                    self.reg = None;
                     Box::pin(self.new_session(conn.gen)).await?;
                 }
                 Wake::Seen(seen) => {
                     if seen.connected {
-                        // Back after a disconnect: add the watch again (the client does not
-                        // re-register persistent watches, and events during the outage may be
-                        // lost, ZOOKEEPER-4698), re-reading synced in the same round trip.
-                        let client = armed.client.clone();
-                        tracing::debug!(backend = BACKEND, watch = self.name(), "reconnected; re-adding the watch");
-                        let conn = Conn { client, gen: conn.gen };
-                        let sync = self.inner.sync_reads();
-                        let (pairs, cursor) = Box::pin(self.arm_and_read(&conn, sync)).await?;
-                        return Ok(Update::State(pairs, cursor));
+                        // Back after a disconnect, the shared watch added again: re-read
+                        // synced (events during the outage may be lost, ZOOKEEPER-4698).
+                        tracing::debug!(backend = BACKEND, watch = self.name(), "reconnected; re-reading");
+                        self.disconnected = false;
+                        self.pending = Some(self.inner.sync_reads());
                     } else if seen.disconnected {
                         self.disconnected = true;
                         return Err(self.unreachable("connection to ZooKeeper lost".into()));
