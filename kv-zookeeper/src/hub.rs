@@ -241,7 +241,11 @@ async fn run(
                         }
                         Ok(Err(zk::Error::SessionExpired | zk::Error::ClientClosed)) => break,
                         r => {
-                            tracing::debug!(backend = BACKEND, ok = r.is_ok(), "re-adding the shared watch failed; retrying");
+                            tracing::debug!(
+                                backend = BACKEND,
+                                ok = r.is_ok(),
+                                "re-adding the shared watch failed; retrying"
+                            );
                             if client.state().is_terminated() {
                                 break;
                             }

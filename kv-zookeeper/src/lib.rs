@@ -6,6 +6,7 @@ mod codec;
 pub mod config;
 mod connect;
 mod error;
+mod hub;
 mod inner;
 mod known;
 mod lock;
@@ -13,7 +14,6 @@ mod node;
 mod store;
 mod tree;
 mod txn;
-mod hub;
 mod watch;
 mod write;
 

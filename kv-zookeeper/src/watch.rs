@@ -173,7 +173,10 @@ impl ZkFeed {
     }
 
     /// Notes the earliest TTL expiry of a read; its pairs and cursor (the largest zxid read).
-    fn finish_read(&mut self, read: Result<(Vec<KvPair>, Option<i64>)>) -> Result<(Vec<KvPair>, u64)> {
+    fn finish_read(
+        &mut self,
+        read: Result<(Vec<KvPair>, Option<i64>)>,
+    ) -> Result<(Vec<KvPair>, u64)> {
         let (pairs, exp) = read?;
         self.expiry = exp.map(|e| {
             let wait = (e - codec::now_ms()).max(0) as u64 + 5;

@@ -80,7 +80,10 @@ async fn two_thousand_watches_on_one_handle_get_exactly_their_puts() {
         let state = item.unwrap_or_else(|e| panic!("first item of k/{i}: {e}"));
         match state {
             Some(p) => {
-                assert_eq!((p.key.as_str(), &p.value[..]), (&*format!("k/{i}"), &b"initial"[..]));
+                assert_eq!(
+                    (p.key.as_str(), &p.value[..]),
+                    (&*format!("k/{i}"), &b"initial"[..])
+                );
                 assert_eq!(i % 2, 0, "k/{i} was never written");
             }
             None => assert_eq!(i % 2, 1, "k/{i} exists"),
@@ -123,7 +126,9 @@ async fn two_thousand_watches_on_one_handle_get_exactly_their_puts() {
         let p = item
             .unwrap_or_else(|e| panic!("error item on k/{i}: {e}"))
             .unwrap_or_else(|| panic!("k/{i} reported deleted"));
-        let want = put.get(&i).unwrap_or_else(|| panic!("k/{i} was not put: {p:?}"));
+        let want = put
+            .get(&i)
+            .unwrap_or_else(|| panic!("k/{i} was not put: {p:?}"));
         assert_eq!(p.value, want.as_bytes(), "k/{i}");
         *got.entry(n).or_default() += 1;
         assert_eq!(got[&n], 1, "a second item for watcher {n} (k/{i})");
@@ -142,10 +147,12 @@ async fn two_thousand_watches_on_one_handle_get_exactly_their_puts() {
             .expect("tree state within 60 s")
             .unwrap()
             .unwrap();
-        if snap.len() == final_len && put.iter().all(|(i, v)| {
-            snap.iter()
-                .any(|p| p.key == format!("k/{i}") && p.value == v.as_bytes())
-        }) {
+        if snap.len() == final_len
+            && put.iter().all(|(i, v)| {
+                snap.iter()
+                    .any(|p| p.key == format!("k/{i}") && p.value == v.as_bytes())
+            })
+        {
             break;
         }
     }
