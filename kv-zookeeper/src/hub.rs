@@ -162,8 +162,16 @@ impl Hub {
 impl Inner {
     /// The hub of `conn`'s session, created (one `addWatch` on the namespace root) if needed.
     pub async fn hub(&self, conn: &Conn) -> Result<Arc<Hub>> {
-        let mut current = self.hub.lock().await;
-        if let Some(h) = current.upgrade().filter(|h| h.gen == conn.gen) {
+        let current = || {
+            let h = self.hub.lock().unwrap().upgrade();
+            h.filter(|h| h.gen == conn.gen)
+        };
+        if let Some(h) = current() {
+            return Ok(h);
+        }
+        // One creator at a time; the others then find its hub.
+        let _creating = self.hub_creation.lock().await;
+        if let Some(h) = current() {
             return Ok(h);
         }
         let root = self.prefix_path("");
@@ -174,7 +182,7 @@ impl Inner {
             slots: Mutex::default(),
             _stop: stop,
         });
-        *current = Arc::downgrade(&hub);
+        *self.hub.lock().unwrap() = Arc::downgrade(&hub);
         tokio::spawn(run(
             Arc::downgrade(&hub),
             conn.client.clone(),

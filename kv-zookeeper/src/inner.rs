@@ -11,6 +11,7 @@ use zookeeper_client::{Acls, Client, CreateMode, CreateOptions};
 use crate::error::{self, Context};
 use crate::hub::Hub;
 use crate::known::KnownNodes;
+use crate::shared_sync::SharedSync;
 use crate::{codec, lock, ZkConfig, LOCKS_DIR};
 
 /// The current ZooKeeper session of a store; `gen` grows with every new session.
@@ -34,7 +35,11 @@ pub(crate) struct Inner {
     /// What this store knows of the znodes it wrote or read (see [`crate::known`]).
     pub known: KnownNodes,
     /// The shared watch of the current session, while a watch uses it (see [`crate::hub`]).
-    pub hub: tokio::sync::Mutex<Weak<Hub>>,
+    pub hub: std::sync::Mutex<Weak<Hub>>,
+    /// Held while a hub is being created.
+    pub hub_creation: tokio::sync::Mutex<()>,
+    /// The `sync` shared by watch reads started together (see [`crate::shared_sync`]).
+    pub sync_share: SharedSync,
 }
 
 impl Inner {
@@ -57,7 +62,9 @@ impl Inner {
             life: Lifecycle::new(),
             locks: HeldLocks::new(),
             known: KnownNodes::default(),
-            hub: tokio::sync::Mutex::new(Weak::new()),
+            hub: std::sync::Mutex::new(Weak::new()),
+            hub_creation: tokio::sync::Mutex::new(()),
+            sync_share: SharedSync::default(),
         }
     }
 

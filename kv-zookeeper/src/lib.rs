@@ -11,6 +11,7 @@ mod inner;
 mod known;
 mod lock;
 mod node;
+mod shared_sync;
 mod store;
 mod tree;
 mod txn;

@@ -19,11 +19,10 @@ use kv_core::{async_trait, Error, KvPair, Result, TreeWatchStream, WatchStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use zookeeper_client as zk;
-use zookeeper_client::Client;
 
 use crate::hub::Registration;
 use crate::inner::{Conn, Inner};
-use crate::node::{after_sync, read_node_synced, Node};
+use crate::node::{read_node, Node};
 use crate::{codec, tree, BACKEND};
 
 /// Starts a watch of one key.
@@ -87,18 +86,20 @@ fn unreachable(inner: &Inner, message: String) -> Error {
     }
 }
 
-/// Reads the watched key or subtree (after a `sync` of `path` if `sync`), bounded by the store
-/// timeout: the pairs and the earliest TTL expiry (ms) among them.
+/// Reads the watched key or subtree (after a `sync` if `sync`, shared with the watch reads
+/// started at the same moment, see [`crate::shared_sync`]), bounded by the store timeout: the
+/// pairs and the earliest TTL expiry (ms) among them.
 async fn read_state(
     inner: &Inner,
     target: &Target,
     path: &str,
-    client: &Client,
+    conn: &Conn,
     sync: bool,
 ) -> Result<(Vec<KvPair>, Option<i64>)> {
+    let client = &*conn.client;
     let read = async {
         match target {
-            Target::Key(key) => match read_node_synced(client, path, sync).await? {
+            Target::Key(key) => match read_node(client, path).await? {
                 Node::Value(v, stat, ttl) => Ok((
                     vec![KvPair::new(key.clone(), v, stat.mzxid as u64)],
                     ttl.map(|t| stat.mtime.saturating_add(t as i64)),
@@ -109,9 +110,14 @@ async fn read_state(
                 }
                 Node::NoValue(_) | Node::Missing => Ok((Vec::new(), None)),
             },
-            Target::Tree(prefix) => {
-                after_sync(client, path, sync, tree::list(inner, client, prefix)).await
-            }
+            Target::Tree(prefix) => tree::list(inner, client, prefix).await,
+        }
+    };
+    let read = async {
+        if sync {
+            inner.sync_share.read_after(conn, path, read).await
+        } else {
+            read.await
         }
     };
     let name = match target {
@@ -162,13 +168,13 @@ impl ZkFeed {
         }
         self.disconnected = false;
         self.pending = None;
-        let read = read_state(&self.inner, &self.target, &self.path, &conn.client, sync).await;
+        let read = read_state(&self.inner, &self.target, &self.path, conn, sync).await;
         self.finish_read(read)
     }
 
     /// Reads the watched state (after a `sync` if `sync`).
-    async fn state(&mut self, client: &Client, sync: bool) -> Result<(Vec<KvPair>, u64)> {
-        let read = read_state(&self.inner, &self.target, &self.path, client, sync).await;
+    async fn state(&mut self, conn: &Conn, sync: bool) -> Result<(Vec<KvPair>, u64)> {
+        let read = read_state(&self.inner, &self.target, &self.path, conn, sync).await;
         self.finish_read(read)
     }
 
@@ -234,8 +240,7 @@ impl Feed for ZkFeed {
                 return Ok(Update::State(pairs, cursor));
             }
             if let Some(sync) = self.pending {
-                let client = conn.client.clone();
-                let (pairs, cursor) = Box::pin(self.state(&client, sync)).await?;
+                let (pairs, cursor) = Box::pin(self.state(&conn, sync)).await?;
                 self.pending = None;
                 return Ok(Update::State(pairs, cursor));
             }
