@@ -88,16 +88,13 @@ impl SharedSync {
                     return crate::node::after_sync(&conn.client, path, true, read).await;
                 }
                 let r = read.await;
-                match rx.wait_for(|p| matches!(p, Phase::Done(_))).await {
-                    Ok(p) => {
-                        if let Phase::Done(Err(e)) = &*p {
-                            return Err(e.clone());
-                        }
+                // If the leader gave up after sending (an `Err` here), its sync still went
+                // before this read on the session, and the read's own answer tells whether the
+                // session carried both.
+                if let Ok(p) = rx.wait_for(|p| matches!(p, Phase::Done(_))).await {
+                    if let Phase::Done(Err(e)) = &*p {
+                        return Err(e.clone());
                     }
-                    // The leader gave up after sending: its sync still went before this read
-                    // on the session, and the read's own answer tells whether the session
-                    // carried both.
-                    Err(_) => {}
                 }
                 r
             }
