@@ -1,5 +1,7 @@
-//! The watches of a store share one server-side watch: a persistent recursive watch on the
-//! namespace root per session, whose events one task fans out to the watches by path.
+//! The watches of a store share one server-side watch per session: a persistent recursive
+//! watch on the deepest znode path covering every watched path (the first watch's own path;
+//! moved up to the common ancestor when a watch outside it comes, never down while the hub
+//! lives), whose events one task fans out to the watches by path.
 //!
 //! A watch registers a [`Slot`] under its znode path (a key watch: events on that path; a tree
 //! watch: events on the path and below) and waits on it; the hub task marks the slots an event
@@ -12,8 +14,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use futures::FutureExt;
 use kv_core::Result;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 use zookeeper_client as zk;
 use zookeeper_client::{AddWatchMode, Client, EventType, PersistentWatcher, SessionState};
 
@@ -86,6 +89,10 @@ impl Slots {
 pub(crate) struct Hub {
     pub gen: u64,
     slots: Mutex<Slots>,
+    /// The path of the shared watch (set once the watch is in place).
+    cover: Mutex<String>,
+    /// Requests to move the shared watch up.
+    widen: mpsc::UnboundedSender<Widen>,
     /// Dropped with the last registration: the task then ends and drops the server-side watch.
     _stop: oneshot::Sender<()>,
 }
@@ -112,6 +119,10 @@ impl Drop for Registration {
 }
 
 impl Hub {
+    fn covers(&self, path: &str) -> bool {
+        covers(&self.cover.lock().unwrap(), path)
+    }
+
     /// Registers a watch of `path` (a key's znode, or with `tree` a subtree's root).
     pub fn register(self: &Arc<Self>, path: &str, tree: bool) -> Registration {
         let slot = Arc::new(Slot::default());
@@ -159,121 +170,257 @@ impl Hub {
     }
 }
 
+/// Whether a recursive watch on `cover` sees events on `path`.
+fn covers(cover: &str, path: &str) -> bool {
+    cover == "/"
+        || path == cover
+        || (path.starts_with(cover) && path.as_bytes().get(cover.len()) == Some(&b'/'))
+}
+
+/// The deepest znode path whose recursive watch sees events on both paths.
+fn common_cover(a: &str, b: &str) -> String {
+    let mut out = String::new();
+    for (x, y) in a.split('/').skip(1).zip(b.split('/').skip(1)) {
+        if x != y || x.is_empty() {
+            break;
+        }
+        out.push('/');
+        out.push_str(x);
+    }
+    if out.is_empty() {
+        "/".into()
+    } else {
+        out
+    }
+}
+
 impl Inner {
-    /// The hub of `conn`'s session, created (one `addWatch` on the namespace root) if needed.
-    pub async fn hub(&self, conn: &Conn) -> Result<Arc<Hub>> {
+    /// The hub of `conn`'s session, its shared watch covering `path`: created (one `addWatch`
+    /// on `path`) if needed, or moved up to the common ancestor of its cover and `path`.
+    pub async fn hub(&self, conn: &Conn, path: &str) -> Result<Arc<Hub>> {
         let current = || {
             let h = self.hub.lock().unwrap().upgrade();
             h.filter(|h| h.gen == conn.gen)
         };
-        if let Some(h) = current() {
+        if let Some(h) = current().filter(|h| h.covers(path)) {
             return Ok(h);
         }
-        // One creator at a time; the others then find its hub.
-        let _creating = self.hub_creation.lock().await;
+        // One change at a time; the others then find it done.
+        let _changing = self.hub_creation.lock().await;
         if let Some(h) = current() {
-            return Ok(h);
+            if h.covers(path) {
+                return Ok(h);
+            }
+            let cover = common_cover(&h.cover.lock().unwrap(), path);
+            let (reply, answer) = oneshot::channel();
+            if h.widen.send((cover, reply)).is_ok() {
+                match tokio::time::timeout(self.cfg.timeout, answer).await {
+                    Ok(Ok(Ok(()))) => return Ok(h),
+                    Ok(Ok(Err(Some(e)))) => return Err(self.err(e, "")),
+                    Ok(Err(_)) => {} // The hub's task ended with its session.
+                    Ok(Ok(Err(None))) | Err(_) => return Err(no_answer(self)),
+                }
+            }
         }
-        let root = self.prefix_path("");
-        let pw = add_watch(self, &conn.client, &root).await?;
+        let pw = add_watch(self, &conn.client, path).await?;
         let (stop, stopped) = oneshot::channel();
+        let (widen, widen_rx) = mpsc::unbounded_channel();
         let hub = Arc::new(Hub {
             gen: conn.gen,
             slots: Mutex::default(),
+            cover: Mutex::new(path.to_string()),
+            widen,
             _stop: stop,
         });
         *self.hub.lock().unwrap() = Arc::downgrade(&hub);
-        tokio::spawn(run(
-            Arc::downgrade(&hub),
-            conn.client.clone(),
-            pw,
-            stopped,
-            root,
-            self.cfg.timeout,
-        ));
+        let task = Task {
+            hub: Arc::downgrade(&hub),
+            client: conn.client.clone(),
+            cover: path.to_string(),
+            timeout: self.cfg.timeout,
+        };
+        tokio::spawn(task.run(pw, widen_rx, stopped));
         Ok(hub)
     }
 }
 
-async fn add_watch(inner: &Inner, client: &Client, root: &str) -> Result<PersistentWatcher> {
-    tokio::time::timeout(
-        inner.cfg.timeout,
-        client.watch(root, AddWatchMode::PersistentRecursive),
-    )
-    .await
-    .map_err(|_| kv_core::Error::Unreachable {
+fn no_answer(inner: &Inner) -> kv_core::Error {
+    kv_core::Error::Unreachable {
         endpoint: inner.endpoints.clone(),
         message: "no answer to adding the watch".into(),
         source: None,
-    })?
+    }
+}
+
+async fn add_watch(inner: &Inner, client: &Client, path: &str) -> Result<PersistentWatcher> {
+    tokio::time::timeout(
+        inner.cfg.timeout,
+        client.watch(path, AddWatchMode::PersistentRecursive),
+    )
+    .await
+    .map_err(|_| no_answer(inner))?
     .map_err(|e| inner.err(e, ""))
 }
 
+/// A request to move the shared watch up to this path, answered once it is in place
+/// (`Err(None)`: no answer within the timeout).
+type Widen = (
+    String,
+    oneshot::Sender<std::result::Result<(), Option<zk::Error>>>,
+);
+
 /// The hub's task: fans the shared watch's events out until the last registration or the
 /// session is gone.
-async fn run(
+struct Task {
     hub: Weak<Hub>,
     client: Arc<Client>,
-    mut pw: PersistentWatcher,
-    mut stop: oneshot::Receiver<()>,
-    root: String,
+    /// The path of the shared watch.
+    cover: String,
     timeout: Duration,
-) {
-    loop {
-        let ev = tokio::select! {
-            _ = &mut stop => return,
-            ev = pw.changed() => ev,
+}
+
+/// Whether the task goes on.
+enum Flow {
+    Go,
+    End,
+}
+
+impl Task {
+    async fn run(
+        mut self,
+        mut pw: PersistentWatcher,
+        mut widen: mpsc::UnboundedReceiver<Widen>,
+        mut stop: oneshot::Receiver<()>,
+    ) {
+        loop {
+            let ev = tokio::select! {
+                _ = &mut stop => return,
+                Some((cover, reply)) = widen.recv() => {
+                    let adding = self.client.watch(&cover, AddWatchMode::PersistentRecursive);
+                    let r = match tokio::time::timeout(self.timeout, adding).await {
+                        Ok(Ok(new)) => {
+                            // The old watch goes after the new one exists; what it queued
+                            // meanwhile is dispatched first.
+                            let mut old = std::mem::replace(&mut pw, new);
+                            while let Some(ev) = old.changed().now_or_never() {
+                                if let Flow::End = self.path_event(&ev) {
+                                    return;
+                                }
+                            }
+                            if let Some(h) = self.hub.upgrade() {
+                                *h.cover.lock().unwrap() = cover.clone();
+                            }
+                            self.cover = cover;
+                            Ok(())
+                        }
+                        Ok(Err(e)) => Err(Some(e)),
+                        Err(_) => Err(None),
+                    };
+                    let _ = reply.send(r);
+                    continue;
+                }
+                ev = pw.changed() => ev,
+            };
+            let flow = match (ev.event_type, ev.session_state) {
+                (
+                    EventType::Session,
+                    SessionState::SyncConnected | SessionState::ConnectedReadOnly,
+                ) => self.reconnected(&mut pw, &mut stop).await,
+                _ => self.path_event(&ev),
+            };
+            if let Flow::End = flow {
+                return;
+            }
+        }
+    }
+
+    /// Dispatches a path event; reports a disconnect or the end of the session to every slot.
+    fn path_event(&self, ev: &zk::WatchedEvent) -> Flow {
+        let Some(h) = self.hub.upgrade() else {
+            return Flow::End;
         };
-        let Some(h) = hub.upgrade() else { return };
         match (ev.event_type, ev.session_state) {
             (EventType::Session, SessionState::Disconnected) => {
                 h.broadcast(|s| s.disconnected = true)
             }
-            (EventType::Session, SessionState::SyncConnected | SessionState::ConnectedReadOnly) => {
-                // Add the watch again; the old one goes after the new one exists.
-                drop(h);
-                let mut backoff = kv_core::retry::Backoff::new(
-                    Duration::from_millis(50),
-                    Duration::from_millis(500),
-                );
-                loop {
-                    let adding = client.watch(&root, AddWatchMode::PersistentRecursive);
-                    let r = tokio::select! {
-                        _ = &mut stop => return,
-                        r = tokio::time::timeout(timeout, adding) => r,
-                    };
-                    match r {
-                        Ok(Ok(new)) => {
-                            pw = new;
-                            break;
-                        }
-                        Ok(Err(zk::Error::SessionExpired | zk::Error::ClientClosed)) => break,
-                        r => {
-                            tracing::debug!(
-                                backend = BACKEND,
-                                ok = r.is_ok(),
-                                "re-adding the shared watch failed; retrying"
-                            );
-                            if client.state().is_terminated() {
-                                break;
-                            }
-                            tokio::select! {
-                                _ = &mut stop => return,
-                                _ = backoff.wait() => {}
-                            }
-                        }
-                    }
-                }
-                let Some(h) = hub.upgrade() else { return };
-                tracing::debug!(backend = BACKEND, "reconnected; shared watch re-added");
-                h.broadcast(|s| s.connected = true);
-            }
             (EventType::Session, state) if state.is_terminated() => {
                 h.broadcast(|s| s.terminal = true);
-                return;
+                return Flow::End;
             }
             (EventType::Session, _) => {}
             _ => h.dispatch(&ev.path),
         }
+        Flow::Go
+    }
+
+    /// After a reconnect: adds the shared watch again (the old one goes after the new one
+    /// exists), then tells every slot.
+    async fn reconnected(
+        &self,
+        pw: &mut PersistentWatcher,
+        stop: &mut oneshot::Receiver<()>,
+    ) -> Flow {
+        let mut backoff =
+            kv_core::retry::Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
+        loop {
+            let adding = self
+                .client
+                .watch(&self.cover, AddWatchMode::PersistentRecursive);
+            let r = tokio::select! {
+                _ = &mut *stop => return Flow::End,
+                r = tokio::time::timeout(self.timeout, adding) => r,
+            };
+            match r {
+                Ok(Ok(new)) => {
+                    *pw = new;
+                    break;
+                }
+                Ok(Err(zk::Error::SessionExpired | zk::Error::ClientClosed)) => break,
+                r => {
+                    tracing::debug!(
+                        backend = BACKEND,
+                        ok = r.is_ok(),
+                        "re-adding the shared watch failed; retrying"
+                    );
+                    if self.client.state().is_terminated() {
+                        break;
+                    }
+                    tokio::select! {
+                        _ = &mut *stop => return Flow::End,
+                        _ = backoff.wait() => {}
+                    }
+                }
+            }
+        }
+        let Some(h) = self.hub.upgrade() else {
+            return Flow::End;
+        };
+        tracing::debug!(backend = BACKEND, "reconnected; shared watch re-added");
+        h.broadcast(|s| s.connected = true);
+        Flow::Go
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{common_cover, covers};
+
+    #[test]
+    fn covers_paths_below_on_segment_boundaries() {
+        assert!(covers("/", "/a"));
+        assert!(covers("/ns", "/ns"));
+        assert!(covers("/ns", "/ns/a/b"));
+        assert!(!covers("/ns", "/nsx"));
+        assert!(!covers("/ns/a", "/ns"));
+    }
+
+    #[test]
+    fn common_cover_is_the_deepest_common_ancestor() {
+        assert_eq!(common_cover("/ns/a", "/ns/b"), "/ns");
+        assert_eq!(common_cover("/ns/cfg/a", "/ns/cfg/b/c"), "/ns/cfg");
+        assert_eq!(common_cover("/ns/a", "/ns/ab"), "/ns");
+        assert_eq!(common_cover("/ns", "/ns/a"), "/ns");
+        assert_eq!(common_cover("/a", "/b"), "/");
+        assert_eq!(common_cover("/", "/a"), "/");
     }
 }

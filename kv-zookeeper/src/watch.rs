@@ -1,8 +1,8 @@
 //! `watch` and `watch_tree` as a [`Feed`] of kv-core's watch engine, all of a store's watches
 //! sharing one server-side watch per session ([`crate::hub`]), and a re-read after each trigger.
 //!
-//! `read` registers the watch with the session's hub (the first watch adds the shared
-//! persistent recursive watch on the namespace root) and reads after a `sync` (linearizable
+//! `read` registers the watch with the session's hub (adding the shared persistent recursive
+//! watch, or moving it up, when it does not cover the watched znode yet) and reads after a `sync` (linearizable
 //! reads); the cursor is the largest zxid read. `next` waits for the hub to mark the watch (an
 //! event on the key's znode, anything below the prefix, a reconnect, a new session) or a TTL
 //! expiry that is due, and returns the state read then ([`Update::State`]). A lost connection
@@ -160,7 +160,7 @@ impl ZkFeed {
     async fn arm_and_read(&mut self, conn: &Conn, sync: bool) -> Result<(Vec<KvPair>, u64)> {
         if self.reg.as_ref().map(|r| r.hub.gen) != Some(conn.gen) {
             self.reg = None;
-            let hub = self.inner.hub(conn).await?;
+            let hub = self.inner.hub(conn, &self.path).await?;
             let tree = matches!(self.target, Target::Tree(_));
             self.reg = Some(hub.register(&self.path, tree));
         } else if let Some(r) = &self.reg {

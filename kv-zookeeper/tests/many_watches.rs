@@ -239,3 +239,44 @@ async fn server_restart_during_many_watches_delivers_every_final_state() {
 fn done_one(last: &HashMap<usize, Option<Vec<u8>>>, i: usize, round: usize) -> bool {
     last[&i].as_deref() == Some(format!("r{round}-{i}").as_bytes())
 }
+
+/// The znode paths the server holds watches on (`wchp`).
+fn watched_paths(server: &ZkServer) -> Vec<String> {
+    four_letter(server.port, "wchp")
+        .lines()
+        .filter(|l| l.starts_with('/'))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_watch_covers_the_deepest_common_ancestor() {
+    let Some(server) = ZkServer::start().await else {
+        return;
+    };
+    let ep = server.endpoint();
+    let s = store(&ep, "/cover").await;
+    let paths = |want: &'static [&'static str]| {
+        let server = &server;
+        async move {
+            wait_until(&format!("server watches on {want:?}"), LONG, || async {
+                (watched_paths(server) == want).then_some(())
+            })
+            .await
+        }
+    };
+    let a = s.watch("cfg/a").await.unwrap();
+    paths(&["/cover/cfg/a"]).await;
+    let b = s.watch("cfg/b/c").await.unwrap();
+    paths(&["/cover/cfg"]).await;
+    let t = s.watch_tree("cfg/b").await.unwrap();
+    paths(&["/cover/cfg"]).await;
+    let other = s.watch("other").await.unwrap();
+    paths(&["/cover"]).await;
+    drop((a, b, t, other));
+    paths(&[]).await;
+    // A new watch after the last one was dropped starts at its own znode again.
+    let _x = s.watch("x/y").await.unwrap();
+    paths(&["/cover/x/y"]).await;
+    s.close().await.unwrap();
+}
