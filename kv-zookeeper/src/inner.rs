@@ -1,6 +1,6 @@
 //! The state a store shares with its background tasks, and the key ↔ znode path mapping.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use kv_core::raw::{HeldLocks, Lifecycle, Namespace};
@@ -9,7 +9,9 @@ use tokio::sync::watch;
 use zookeeper_client::{Acls, Client, CreateMode, CreateOptions};
 
 use crate::error::{self, Context};
+use crate::hub::Hub;
 use crate::known::KnownNodes;
+use crate::shared_sync::SharedSync;
 use crate::{codec, lock, ZkConfig, LOCKS_DIR};
 
 /// The current ZooKeeper session of a store; `gen` grows with every new session.
@@ -32,6 +34,12 @@ pub(crate) struct Inner {
     pub locks: HeldLocks<Arc<lock::Held>>,
     /// What this store knows of the znodes it wrote or read (see [`crate::known`]).
     pub known: KnownNodes,
+    /// The shared watch of the current session, while a watch uses it (see [`crate::hub`]).
+    pub hub: std::sync::Mutex<Weak<Hub>>,
+    /// Held while a hub is being created.
+    pub hub_creation: tokio::sync::Mutex<()>,
+    /// The `sync` shared by watch reads started together (see [`crate::shared_sync`]).
+    pub sync_share: SharedSync,
 }
 
 impl Inner {
@@ -54,6 +62,9 @@ impl Inner {
             life: Lifecycle::new(),
             locks: HeldLocks::new(),
             known: KnownNodes::default(),
+            hub: std::sync::Mutex::new(Weak::new()),
+            hub_creation: tokio::sync::Mutex::new(()),
+            sync_share: SharedSync::default(),
         }
     }
 

@@ -1,27 +1,28 @@
-//! `watch` and `watch_tree` as a [`Feed`] of kv-core's watch engine: one persistent recursive
-//! watch per stream on the key's or prefix's znode, and a re-read after each trigger.
+//! `watch` and `watch_tree` as a [`Feed`] of kv-core's watch engine, all of a store's watches
+//! sharing one server-side watch per session ([`crate::hub`]), and a re-read after each trigger.
 //!
-//! `read` arms the watch (if needed) and reads after a `sync` (linearizable reads); the cursor
-//! is the largest zxid read. `next` waits for the watch to fire (an event on the key's znode,
-//! anything below the prefix, a TTL expiry that is due, a reconnect, a new session) and returns
-//! the state read then ([`Update::State`]). A lost connection is an `Err` at once (the engine
-//! retries silently once) and then one `Err` per store timeout the outage lasts; after a
-//! reconnect the watch is added again (zookeeper-client 0.11 re-registers only one-shot watches)
-//! and the state re-read; a session expiry re-arms on the store's next session.
+//! `read` registers the watch with the session's hub (adding the shared persistent recursive
+//! watch, or moving it up, when it does not cover the watched znode yet) and reads after a `sync` (linearizable
+//! reads); the cursor is the largest zxid read. `next` waits for the hub to mark the watch (an
+//! event on the key's znode, anything below the prefix, a reconnect, a new session) or a TTL
+//! expiry that is due, and returns the state read then ([`Update::State`]). A lost connection
+//! is an `Err` at once (the engine retries silently once) and then one `Err` per store timeout
+//! the outage lasts; after a reconnect the hub adds the shared watch again and every watch
+//! re-reads synced (events can be lost across a reconnect, ZOOKEEPER-4698); a session expiry
+//! re-registers on the store's next session.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
 use kv_core::raw::{watch_key, watch_tree, Feed, Update};
 use kv_core::{async_trait, Error, KvPair, Result, TreeWatchStream, WatchStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use zookeeper_client as zk;
-use zookeeper_client::{AddWatchMode, Client, EventType, PersistentWatcher, SessionState};
 
+use crate::hub::Registration;
 use crate::inner::{Conn, Inner};
-use crate::node::{after_sync, read_node_synced, Node};
+use crate::node::{read_node, Node};
 use crate::{codec, tree, BACKEND};
 
 /// Starts a watch of one key.
@@ -58,19 +59,13 @@ enum Target {
     Tree(String),
 }
 
-/// The watch on the current session.
-struct Armed {
-    gen: u64,
-    client: Arc<Client>,
-    pw: PersistentWatcher,
-}
-
 struct ZkFeed {
     inner: Arc<Inner>,
     target: Target,
     /// The watched znode.
     path: String,
-    armed: Option<Armed>,
+    /// The watch's place in the hub of the session it was registered on.
+    reg: Option<Registration>,
     /// When the earliest TTL among the pairs read is due.
     expiry: Option<Instant>,
     /// The connection is lost (a `Disconnected` event and no reconnect yet).
@@ -80,46 +75,71 @@ struct ZkFeed {
     conn_rx: watch::Receiver<Option<Conn>>,
 }
 
-/// What the watch saw.
-#[derive(Default)]
-struct Seen {
-    reread: bool,
-    disconnected: bool,
-    connected: bool,
-    terminal: bool,
-}
-
-impl Seen {
-    fn add(&mut self, ev: &zk::WatchedEvent, only_path: Option<&str>) {
-        match ev.event_type {
-            EventType::Session => match ev.session_state {
-                SessionState::Disconnected => self.disconnected = true,
-                SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
-                    self.connected = true
-                }
-                _ => self.terminal = true,
-            },
-            _ => {
-                if only_path.map_or(true, |o| o == ev.path) {
-                    self.reread = true;
-                }
-            }
-        }
-    }
-}
-
 enum Wake {
-    Seen(Seen),
+    Seen(crate::hub::Seen),
     Session,
     Expiry,
     Outage,
 }
 
+/// Sleeps until `d` (never without one). The timer is boxed: an idle watch waiting on no
+/// deadline keeps no timer in its state.
 async fn sleep_opt(d: Option<Instant>) {
     match d {
-        Some(d) => tokio::time::sleep_until(d).await,
+        Some(d) => Box::pin(tokio::time::sleep_until(d)).await,
         None => std::future::pending().await,
     }
+}
+
+fn unreachable(inner: &Inner, message: String) -> Error {
+    Error::Unreachable {
+        endpoint: inner.endpoints.clone(),
+        message,
+        source: None,
+    }
+}
+
+/// Reads the watched key or subtree (after a `sync` if `sync`, shared with the watch reads
+/// started at the same moment, see [`crate::shared_sync`]), bounded by the store timeout: the
+/// pairs and the earliest TTL expiry (ms) among them.
+async fn read_state(
+    inner: &Inner,
+    target: &Target,
+    path: &str,
+    conn: &Conn,
+    sync: bool,
+) -> Result<(Vec<KvPair>, Option<i64>)> {
+    let client = &*conn.client;
+    let read = async {
+        match target {
+            Target::Key(key) => match read_node(client, path).await? {
+                Node::Value(v, stat, ttl) => Ok((
+                    vec![KvPair::new(key.clone(), v, stat.mzxid as u64)],
+                    ttl.map(|t| stat.mtime.saturating_add(t as i64)),
+                )),
+                Node::Expired(stat) => {
+                    inner.reap(client, path, &stat);
+                    Ok((Vec::new(), None))
+                }
+                Node::NoValue(_) | Node::Missing => Ok((Vec::new(), None)),
+            },
+            Target::Tree(prefix) => tree::list(inner, client, prefix).await,
+        }
+    };
+    let read = async {
+        if sync {
+            inner.sync_share.read_after(conn, path, read).await
+        } else {
+            read.await
+        }
+    };
+    let name = match target {
+        Target::Key(k) | Target::Tree(k) => k,
+    };
+    tokio::time::timeout(inner.cfg.timeout, read)
+        .await
+        .map_err(|_| unreachable(inner, "no answer to the watch's read".into()))?
+        .map_err(|e: zk::Error| inner.err(e, name))
 }
 
 impl ZkFeed {
@@ -129,7 +149,7 @@ impl ZkFeed {
             inner,
             target,
             path,
-            armed: None,
+            reg: None,
             expiry: None,
             disconnected: false,
             pending: None,
@@ -144,60 +164,39 @@ impl ZkFeed {
     }
 
     fn unreachable(&self, message: String) -> Error {
-        Error::Unreachable {
-            endpoint: self.inner.endpoints.clone(),
-            message,
-            source: None,
+        unreachable(&self.inner, message)
+    }
+
+    /// Registers the watch with the hub of `conn`'s session (unless it is) and reads the
+    /// watched state (after a `sync` if `sync`). The registration precedes the read, and the
+    /// shared watch was added before on the same session, so no change after the read is missed.
+    async fn arm_and_read(&mut self, conn: &Conn, sync: bool) -> Result<(Vec<KvPair>, u64)> {
+        if self.reg.as_ref().map(|r| r.hub.gen) != Some(conn.gen) {
+            self.reg = None;
+            let hub = self.inner.hub(conn, &self.path).await?;
+            let tree = matches!(self.target, Target::Tree(_));
+            self.reg = Some(hub.register(&self.path, tree));
+        } else if let Some(r) = &self.reg {
+            r.slot.clear_reread();
         }
-    }
-
-    /// Adds the persistent recursive watch on `conn`'s session.
-    async fn arm(&mut self, conn: &Conn) -> Result<()> {
-        // The old watcher (if any) goes after the new one exists: the server keeps watching.
-        // On failure none is left, so the next call arms again.
-        let _old = self.armed.take();
-        let pw = tokio::time::timeout(
-            self.inner.cfg.timeout,
-            conn.client
-                .watch(&self.path, AddWatchMode::PersistentRecursive),
-        )
-        .await
-        .map_err(|_| self.unreachable("no answer to adding the watch".into()))?
-        .map_err(|e| self.inner.err(e, self.name()))?;
-        self.armed = Some(Armed {
-            gen: conn.gen,
-            client: conn.client.clone(),
-            pw,
-        });
         self.disconnected = false;
-        Ok(())
+        self.pending = None;
+        let read = read_state(&self.inner, &self.target, &self.path, conn, sync).await;
+        self.finish_read(read)
     }
 
-    /// Reads the watched state (after a `sync` if `sync`), noting the earliest TTL expiry.
-    async fn state(&mut self, client: &Client, sync: bool) -> Result<(Vec<KvPair>, u64)> {
-        let inner = &self.inner;
-        let read = async {
-            match &self.target {
-                Target::Key(key) => match read_node_synced(client, &self.path, sync).await? {
-                    Node::Value(v, stat, ttl) => Ok((
-                        vec![KvPair::new(key.clone(), v, stat.mzxid as u64)],
-                        ttl.map(|t| stat.mtime.saturating_add(t as i64)),
-                    )),
-                    Node::Expired(stat) => {
-                        inner.reap(client, &self.path, &stat);
-                        Ok((Vec::new(), None))
-                    }
-                    Node::NoValue(_) | Node::Missing => Ok((Vec::new(), None)),
-                },
-                Target::Tree(prefix) => {
-                    after_sync(client, &self.path, sync, tree::list(inner, client, prefix)).await
-                }
-            }
-        };
-        let (pairs, exp) = tokio::time::timeout(inner.cfg.timeout, read)
-            .await
-            .map_err(|_| self.unreachable("no answer to the watch's read".into()))?
-            .map_err(|e: zk::Error| inner.err(e, self.name()))?;
+    /// Reads the watched state (after a `sync` if `sync`).
+    async fn state(&mut self, conn: &Conn, sync: bool) -> Result<(Vec<KvPair>, u64)> {
+        let read = read_state(&self.inner, &self.target, &self.path, conn, sync).await;
+        self.finish_read(read)
+    }
+
+    /// Notes the earliest TTL expiry of a read; its pairs and cursor (the largest zxid read).
+    fn finish_read(
+        &mut self,
+        read: Result<(Vec<KvPair>, Option<i64>)>,
+    ) -> Result<(Vec<KvPair>, u64)> {
+        let (pairs, exp) = read?;
         self.expiry = exp.map(|e| {
             let wait = (e - codec::now_ms()).max(0) as u64 + 5;
             Instant::now() + Duration::from_millis(wait)
@@ -226,20 +225,21 @@ impl ZkFeed {
 impl Feed for ZkFeed {
     async fn read(&mut self) -> Result<(Vec<KvPair>, u64)> {
         let conn = self.inner.conn()?;
-        self.arm(&conn).await?;
-        self.pending = None;
-        self.state(&conn.client, self.inner.sync_reads()).await
+        let sync = self.inner.sync_reads();
+        self.arm_and_read(&conn, sync).await
     }
 
     async fn next(&mut self, _cursor: u64) -> Result<Update> {
+        // The rare steps (registering, reading, waiting for a session) are boxed, so the state
+        // an idle watch keeps while it waits stays small.
         let timeout = self.inner.cfg.timeout;
         loop {
             let conn = self.inner.conn()?;
-            if self.armed.as_ref().map(|a| a.gen) != Some(conn.gen) {
-                // First arm, a new session, or the session ended: (re-)arm, re-read synced.
-                self.armed = None;
+            if self.reg.as_ref().map(|r| r.hub.gen) != Some(conn.gen) {
+                // A new session, or the session ended: register again, re-read synced.
+                self.reg = None;
                 if conn.client.state().is_terminated() {
-                    self.new_session(conn.gen).await?;
+                    Box::pin(self.new_session(conn.gen)).await?;
                     continue;
                 }
                 tracing::debug!(
@@ -248,40 +248,32 @@ impl Feed for ZkFeed {
                     session = conn.gen,
                     "re-arming the watch"
                 );
-                self.arm(&conn).await?;
-                self.pending = Some(self.inner.sync_reads());
+                let sync = self.inner.sync_reads();
+                let (pairs, cursor) = Box::pin(self.arm_and_read(&conn, sync)).await?;
+                return Ok(Update::State(pairs, cursor));
             }
             if let Some(sync) = self.pending {
-                let client = conn.client.clone();
-                let (pairs, cursor) = self.state(&client, sync).await?;
+                let (pairs, cursor) = Box::pin(self.state(&conn, sync)).await?;
                 self.pending = None;
                 return Ok(Update::State(pairs, cursor));
             }
-            let only_path = match self.target {
-                Target::Key(_) => Some(self.path.clone()),
-                Target::Tree(_) => None,
-            };
             let outage = self.disconnected.then(|| Instant::now() + timeout);
-            let expiry = self.expiry;
-            let Some(armed) = self.armed.as_mut() else {
-                continue;
+            let deadline = match (self.expiry, outage) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
             };
+            let Some(reg) = &self.reg else { continue };
+            let slot = &reg.slot;
             let wake = tokio::select! {
-                ev = armed.pw.changed() => {
-                    let mut seen = Seen::default();
-                    seen.add(&ev, only_path.as_deref());
-                    // Coalesce whatever else is already queued.
-                    while !seen.terminal {
-                        match armed.pw.changed().now_or_never() {
-                            Some(ev) => seen.add(&ev, only_path.as_deref()),
-                            None => break,
-                        }
-                    }
-                    Wake::Seen(seen)
-                }
+                _ = slot.wait() => Wake::Seen(slot.take()),
                 _ = self.conn_rx.changed() => Wake::Session,
-                _ = sleep_opt(expiry) => Wake::Expiry,
-                _ = sleep_opt(outage) => Wake::Outage,
+                _ = sleep_opt(deadline) => {
+                    if outage.is_some_and(|o| o <= Instant::now()) {
+                        Wake::Outage
+                    } else {
+                        Wake::Expiry
+                    }
+                }
             };
             match wake {
                 Wake::Session => {}
@@ -296,17 +288,15 @@ impl Feed for ZkFeed {
                 }
                 Wake::Seen(seen) if seen.terminal => {
                     tracing::debug!(backend = BACKEND, watch = self.name(), "watch session ended");
-                    self.armed = None;
-                    self.new_session(conn.gen).await?;
+                    self.reg = None;
+                    Box::pin(self.new_session(conn.gen)).await?;
                 }
                 Wake::Seen(seen) => {
                     if seen.connected {
-                        // Back after a disconnect: add the watch again (the client does not
-                        // re-register persistent watches), then re-read synced.
-                        let client = armed.client.clone();
-                        tracing::debug!(backend = BACKEND, watch = self.name(), "reconnected; re-adding the watch");
-                        let conn = Conn { client, gen: conn.gen };
-                        self.arm(&conn).await?;
+                        // Back after a disconnect, the shared watch added again: re-read
+                        // synced (events during the outage may be lost, ZOOKEEPER-4698).
+                        tracing::debug!(backend = BACKEND, watch = self.name(), "reconnected; re-reading");
+                        self.disconnected = false;
                         self.pending = Some(self.inner.sync_reads());
                     } else if seen.disconnected {
                         self.disconnected = true;
