@@ -6,6 +6,7 @@ mod client;
 mod config;
 mod connect;
 mod error;
+mod hub;
 mod lease;
 mod lock;
 mod store;
