@@ -54,6 +54,7 @@ async fn settle(within: Duration, mut f: impl FnMut() -> bool) {
 struct Row {
     w: usize,
     open_rate: f64,
+    open_cpu_us: f64,
     first_ok: usize,
     peak_mib: f64,
     kib_per_watch: f64,
@@ -87,6 +88,7 @@ async fn run(endpoint: &str, writer: &EtcdStore, w: usize, tasks: usize, puts: u
     );
 
     // Open W watches, `tasks` calls in flight; each stream's first item is read at once.
+    let cpu = bench::cpu_time();
     let start = Instant::now();
     let opened: Vec<(usize, WatchStream, bool)> = futures::stream::iter(0..w)
         .map(|i| {
@@ -102,6 +104,7 @@ async fn run(endpoint: &str, writer: &EtcdStore, w: usize, tasks: usize, puts: u
         .collect()
         .await;
     let open_rate = w as f64 / start.elapsed().as_secs_f64();
+    let open_cpu_us = (bench::cpu_time() - cpu).as_secs_f64() * 1e6 / w as f64;
     let first_ok = opened.iter().filter(|(_, _, ok)| *ok).count();
     let mut all: SelectAll<_> = SelectAll::new();
     for (i, s, _) in opened {
@@ -188,6 +191,7 @@ async fn run(endpoint: &str, writer: &EtcdStore, w: usize, tasks: usize, puts: u
     Row {
         w,
         open_rate,
+        open_cpu_us,
         first_ok,
         peak_mib,
         kib_per_watch: rss_open.saturating_sub(rss_before) as f64 / w as f64,
@@ -230,16 +234,17 @@ async fn main() {
          then {puts} puts from a second handle"
     );
     println!(
-        "| W | open/s | first items Ok | peak RSS MiB | RSS/watch KiB | put→event p50 ms | p99 ms \
+        "| W | open/s | client CPU µs/open | first items Ok | peak RSS MiB | RSS/watch KiB | put→event p50 ms | p99 ms \
          | delivered | duplicates | error items | watch streams | server watchers | watchers left after drop |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for w in ws {
         let r = run(&endpoint, &writer, w, tasks, puts).await;
         println!(
-            "| {} | {:.0} | {}/{} | {:.1} | {:.2} | {:.2} | {:.2} | {}/{} | {} | {} | {} | {} | {} |",
+            "| {} | {:.0} | {:.1} | {}/{} | {:.1} | {:.2} | {:.2} | {:.2} | {}/{} | {} | {} | {} | {} | {} |",
             r.w,
             r.open_rate,
+            r.open_cpu_us,
             r.first_ok,
             r.w,
             r.peak_mib,

@@ -47,6 +47,8 @@ pub(crate) struct Inner {
     pub(crate) stale: bool,
     /// The shared watch stream's task, started by the first watch.
     pub(crate) hub: OnceLock<Hub>,
+    /// The batched initial reads of key watches, started by the first watch.
+    pub(crate) reads: OnceLock<crate::batch::Reads>,
 }
 
 impl Inner {
@@ -125,6 +127,7 @@ impl Connect for EtcdDriver {
             locks: HeldLocks::new(),
             stale: config.consistency.is_stale(),
             hub: OnceLock::new(),
+            reads: OnceLock::new(),
         });
         // Probe: a count-only read proves the cluster answers, has a leader and accepts us.
         let probe_key = if inner.ns.is_empty() {

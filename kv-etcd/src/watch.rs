@@ -89,7 +89,7 @@ impl Feed for EtcdFeed {
         let inner = &self.inner;
         let (pairs, rev) = match &self.target {
             Target::Key(key) => {
-                let (pair, rev) = inner.bounded("get", inner.read_key(key, true)).await?;
+                let (pair, rev) = inner.bounded("get", inner.read_key_batched(key)).await?;
                 (pair.into_iter().collect(), rev)
             }
             Target::Tree(prefix) => inner.bounded("list", inner.read_tree(prefix)).await?,

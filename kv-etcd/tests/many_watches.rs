@@ -94,16 +94,28 @@ async fn many_watches_share_one_stream_and_reach_exactly_their_watchers() {
     let mut firsts = 0;
     let mut last_tree: HashMap<usize, Vec<KvPair>> = HashMap::new();
     for g in 0..GROUPS {
-        for i in 0..PER_GROUP {
-            let mut w = watching.watch(&key(g, i)).await.unwrap();
-            let first = w
-                .next()
-                .await
-                .expect("a first item")
-                .expect("first item Ok");
+        // Even groups open one watch after the other, odd ones all at once (batched reads).
+        let open = |i: usize| {
+            let watching = &watching;
+            async move {
+                let mut w = watching.watch(&key(g, i)).await.unwrap();
+                let first = w.next().await.expect("a first item");
+                (i, w, first.expect("first item Ok"))
+            }
+        };
+        let opened = if g % 2 == 0 {
+            let mut v = Vec::new();
+            for i in 0..PER_GROUP {
+                v.push(open(i).await);
+            }
+            v
+        } else {
+            futures::future::join_all((0..PER_GROUP).map(open)).await
+        };
+        for (i, w, first) in opened {
             assert_eq!(
-                first.map(|p| p.value),
-                (i % 3 == 0).then(|| b"pre".to_vec())
+                first.map(|p| (p.key, p.value)),
+                (i % 3 == 0).then(|| (key(g, i), b"pre".to_vec()))
             );
             firsts += 1;
             all.push(w.map(move |r| ((g, Some(i)), Item::Key(r))).boxed());
