@@ -150,7 +150,6 @@ impl Task {
                         Event::Opened(Ok(stream)) => self.opened(stream),
                         Event::Opened(Err(e)) => self.failed(e, None),
                         Event::Message(Ok(Some(resp))) => {
-                            self.backoff.reset();
                             self.route(resp);
                             continue;
                         }
