@@ -1,6 +1,6 @@
 //! Connecting: the client, its options, TLS, and the connect-time probe.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,6 +11,7 @@ use kv_core::{Error, Result};
 
 use crate::config::EtcdConfig;
 use crate::error::{map_err, Ctx};
+use crate::hub::Hub;
 use crate::{capabilities, lock, BACKEND};
 
 /// Largest gRPC message the client decodes (lists and watch batches of large values).
@@ -44,6 +45,17 @@ pub(crate) struct Inner {
     pub(crate) locks: HeldLocks<lock::Held>,
     /// `consistency=stale`: user reads are serializable (served by the member asked).
     pub(crate) stale: bool,
+    /// The shared watch stream's task, started by the first watch.
+    pub(crate) hub: OnceLock<Hub>,
+    /// The batched initial reads of key watches, started by the first watch.
+    pub(crate) reads: OnceLock<crate::batch::Reads>,
+}
+
+impl Inner {
+    /// The handle's shared watch stream (its task starts on the first call).
+    pub(crate) fn hub(&self) -> &Hub {
+        self.hub.get_or_init(|| Hub::start(self))
+    }
 }
 
 impl EtcdDriver {
@@ -114,6 +126,8 @@ impl Connect for EtcdDriver {
             life: Lifecycle::new(),
             locks: HeldLocks::new(),
             stale: config.consistency.is_stale(),
+            hub: OnceLock::new(),
+            reads: OnceLock::new(),
         });
         // Probe: a count-only read proves the cluster answers, has a leader and accepts us.
         let probe_key = if inner.ns.is_empty() {

@@ -2,10 +2,12 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod batch;
 mod client;
 mod config;
 mod connect;
 mod error;
+mod hub;
 mod lease;
 mod lock;
 mod store;

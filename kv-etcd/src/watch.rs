@@ -1,7 +1,9 @@
 //! `watch` and `watch_tree` on kv-core's watch engine: the feed reads the key or subtree with
-//! its revision, and follows it with one gRPC watch stream from the cursor's revision + 1.
-//! A compaction past the cursor is a [`Update::Resync`]; a broken or cancelled stream is an
-//! error, after which the engine asks again from the same cursor (a new stream).
+//! its revision, and follows it with one watch id on the handle's shared watch stream
+//! ([`crate::hub`]) from the cursor's revision + 1. A compaction past the cursor is a
+//! [`Update::Resync`]; a broken stream is an error while the hub re-creates the watch from
+//! its last revision; a watch id etcd cancelled is an error after which the feed registers
+//! again from the engine's cursor.
 
 use std::sync::Arc;
 
@@ -13,6 +15,7 @@ use kv_core::{Error, KvPair, Result, TreeWatchStream, WatchStream};
 use crate::client::version_of;
 use crate::connect::Inner;
 use crate::error::map_err;
+use crate::hub::{Next, Registration};
 use crate::BACKEND;
 
 /// Opens an etcd watch of `(start, end)` (`end` empty: one key) from revision `from`,
@@ -45,20 +48,14 @@ enum Target {
     Tree(String),
 }
 
-/// The [`Feed`] of one watch: its own etcd watch stream, opened on demand.
+/// The [`Feed`] of one watch: a watch id on the handle's shared stream, registered on demand.
 struct EtcdFeed {
     inner: Arc<Inner>,
     target: Target,
-    stream: Option<etcd_client::WatchStream>,
+    reg: Option<Registration>,
 }
 
 impl EtcdFeed {
-    fn name(&self) -> &str {
-        match &self.target {
-            Target::Key(k) | Target::Tree(k) => k,
-        }
-    }
-
     /// The watched range in stored form.
     fn range(&self) -> (Vec<u8>, Vec<u8>) {
         match &self.target {
@@ -77,7 +74,7 @@ impl EtcdFeed {
     }
 
     fn broken(&mut self, message: String) -> Error {
-        self.stream = None;
+        self.reg = None;
         Error::Unreachable {
             endpoint: self.inner.endpoints.clone(),
             message,
@@ -92,7 +89,7 @@ impl Feed for EtcdFeed {
         let inner = &self.inner;
         let (pairs, rev) = match &self.target {
             Target::Key(key) => {
-                let (pair, rev) = inner.bounded("get", inner.read_key(key, true)).await?;
+                let (pair, rev) = inner.bounded("get", inner.read_key_batched(key)).await?;
                 (pair.into_iter().collect(), rev)
             }
             Target::Tree(prefix) => inner.bounded("list", inner.read_tree(prefix)).await?,
@@ -107,26 +104,22 @@ impl Feed for EtcdFeed {
     }
 
     async fn next(&mut self, cursor: u64) -> Result<Update> {
-        let stream = match &mut self.stream {
-            Some(s) => s,
+        let reg = match &mut self.reg {
+            Some(r) => r,
             None => {
                 let (start, end) = self.range();
                 let from = i64::try_from(cursor).unwrap_or(i64::MAX - 1) + 1;
-                let s = open(&self.inner, start, end, from, self.name()).await?;
-                self.stream.insert(s)
+                self.reg.insert(self.inner.hub().register(start, end, from))
             }
         };
-        let resp = match stream.message().await {
-            Ok(Some(resp)) => resp,
-            Ok(None) => return Err(self.broken("the etcd watch stream ended".into())),
-            Err(e) => {
-                self.stream = None;
-                return Err(map_err(e, &self.inner.ctx("watch", self.name())));
-            }
+        let resp = match reg.next().await {
+            Next::Response(resp) => resp,
+            Next::Failed(e) => return Err(e),
+            Next::Ended => return Err(Error::Closed),
         };
         if resp.compact_revision() > 0 {
             // History after the cursor is gone: the engine re-reads, then asks again.
-            self.stream = None;
+            self.reg = None;
             return Ok(Update::Resync);
         }
         if resp.canceled() {
@@ -161,7 +154,7 @@ pub(crate) async fn watch_key(inner: &Arc<Inner>, key: &str) -> Result<WatchStre
     let feed = EtcdFeed {
         inner: inner.clone(),
         target: Target::Key(key.to_string()),
-        stream: None,
+        reg: None,
     };
     raw::watch_key(BACKEND, inner.life.clone(), key.to_string(), feed).await
 }
@@ -171,7 +164,7 @@ pub(crate) async fn watch_tree(inner: &Arc<Inner>, prefix: &str) -> Result<TreeW
     let feed = EtcdFeed {
         inner: inner.clone(),
         target: Target::Tree(prefix.to_string()),
-        stream: None,
+        reg: None,
     };
     raw::watch_tree(BACKEND, inner.life.clone(), prefix.to_string(), feed).await
 }
