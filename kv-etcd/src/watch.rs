@@ -178,7 +178,7 @@ pub(crate) async fn watch_events(
     let feed = EtcdFeed {
         inner: inner.clone(),
         target: Target::Tree(prefix.to_string()),
-        stream: None,
+        reg: None,
     };
     raw::watch_events(BACKEND, inner.life.clone(), prefix.to_string(), from, feed).await
 }
