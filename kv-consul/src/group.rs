@@ -120,15 +120,16 @@ pub(crate) fn common_prefix<'a>(a: &'a str, b: &str) -> &'a str {
 }
 
 /// The prefix to merge under when every query slot is taken: the longest common prefix of
-/// the two closest of `queries` and `new` (so groups stay as narrow as possible).
-pub(crate) fn merge_prefix(queries: &[&str], new: &str) -> String {
-    let mut all: Vec<&str> = queries.to_vec();
-    all.push(new);
+/// the two closest of `raws` (so groups stay narrow), cut after its last `/` (a whole
+/// directory: watches on sibling keys then mostly find their group instead of forcing
+/// another merge).
+pub(crate) fn merge_prefix(raws: &[&str]) -> String {
+    let mut all: Vec<&str> = raws.to_vec();
     all.sort_unstable();
     all.windows(2)
         .map(|w| common_prefix(w[0], w[1]))
         .max_by_key(|p| p.len())
-        .unwrap_or("")
+        .map_or("", |p| p.rfind('/').map_or("", |i| &p[..=i]))
         .to_string()
 }
 
@@ -153,11 +154,13 @@ mod tests {
         assert_eq!(common_prefix("ñb", "ñc"), "ñ");
         assert_eq!(common_prefix("é", "è"), "");
         assert_eq!(
-            merge_prefix(&["ns/a/1", "ns/b/1", "ns/a/2"], "ns/c"),
+            merge_prefix(&["ns/a/1", "ns/b/1", "ns/a/2", "ns/c"]),
             "ns/a/"
         );
-        assert_eq!(merge_prefix(&["ns/a/1"], "ns/b"), "ns/");
-        assert_eq!(merge_prefix(&["x"], "y"), "");
+        assert_eq!(merge_prefix(&["ns/a/1", "ns/b"]), "ns/");
+        assert_eq!(merge_prefix(&["x", "y"]), "");
+        assert_eq!(merge_prefix(&["ns/k/0001", "ns/k/0002", "ns/j"]), "ns/k/");
+        assert_eq!(merge_prefix(&["ns/a/b/1", "ns/a/c/2"]), "ns/a/");
     }
 
     #[test]

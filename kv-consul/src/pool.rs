@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use kv_core::retry::Backoff;
 use kv_core::{Error, KvPair, Result};
@@ -22,7 +23,7 @@ use crate::api::Entry;
 use crate::group::{merge_prefix, signature, Query, Target};
 use crate::http::Http;
 use crate::store::Inner;
-use crate::watch::{next_index, UNCHANGED_PAUSE, WAIT};
+use crate::watch::{next_index, FIRST_WAIT, UNCHANGED_PAUSE, WAIT};
 
 /// Default `watch_pool`.
 pub const DEFAULT_WATCH_POOL: usize = 16;
@@ -166,21 +167,33 @@ impl Pool {
     }
 
     /// Reads `q` (blocking while its index is `index`); `None` when a read interrupted it.
-    async fn blocking(&self, inner: &Inner, q: &Query, index: u64) -> Result<Option<Snapshot>> {
+    async fn blocking(
+        &self,
+        inner: &Inner,
+        q: &Query,
+        index: u64,
+        wait: Duration,
+    ) -> Result<Option<Snapshot>> {
         let _permit = self
             .permits
             .acquire()
             .await
             .expect("the pool semaphore is never closed");
         tokio::select! {
-            r = self.query(inner, q, index) => r.map(Some),
+            r = self.query(inner, q, index, wait) => r.map(Some),
             _ = self.preempted() => Ok(None),
         }
     }
 
     /// One request for `q` at `index` (0: a plain read), the caller holding a permit.
-    pub async fn query(&self, inner: &Inner, q: &Query, index: u64) -> Result<Snapshot> {
-        let (mode, block) = (inner.read, Some((index, WAIT)));
+    pub async fn query(
+        &self,
+        inner: &Inner,
+        q: &Query,
+        index: u64,
+        wait: Duration,
+    ) -> Result<Snapshot> {
+        let (mode, block) = (inner.read, Some((index, wait)));
         let (mut entries, index) = match q {
             Query::Key(full) => {
                 let (e, got) = self.http.kv_get(full, block, mode).await?;
@@ -214,9 +227,20 @@ impl Pool {
             Some((gid, _)) => *gid,
             None => {
                 if st.groups.len() >= self.max_groups() {
-                    let raws: Vec<&str> = st.groups.values().map(|g| g.query.raw()).collect();
-                    let prefix = merge_prefix(&raws, target.raw());
-                    self.merge(inner, &mut st, prefix);
+                    // Merge the closest groups (with the new watch first) down to half the
+                    // slots, so that the next watches mostly find a group: every merge retires
+                    // queries, and a retired query holds its connection until it returns.
+                    let mut with = Some(target.raw());
+                    loop {
+                        let mut raws: Vec<&str> =
+                            st.groups.values().map(|g| g.query.raw()).collect();
+                        raws.extend(with.take());
+                        let prefix = merge_prefix(&raws);
+                        self.merge(inner, &mut st, prefix);
+                        if st.groups.len() <= self.max_groups() / 2 || st.groups.len() < 2 {
+                            break;
+                        }
+                    }
                 }
                 match st.groups.iter().find(|(_, g)| g.query.covers(target)) {
                     Some((gid, _)) => *gid,
@@ -240,7 +264,8 @@ impl Pool {
 
     /// Replaces every group within `prefix` by one recursive group on it; the watches move
     /// with their known state, and the new group starts with a fresh read, so no change made
-    /// while they move is lost.
+    /// while they move is lost. The old groups' queries are not cancelled (Consul would keep
+    /// a cancelled query's connection until its wait ends): each ends with its current query.
     fn merge(&self, inner: &Arc<Inner>, st: &mut State, prefix: String) {
         let old: Vec<u64> = st
             .groups
@@ -251,7 +276,6 @@ impl Pool {
         let mut members = HashMap::new();
         for gid in old {
             let g = st.groups.remove(&gid).expect("group");
-            g.task.abort();
             members.extend(g.members);
         }
         tracing::debug!(
@@ -327,6 +351,10 @@ impl Pool {
         }
     }
 
+    fn alive(&self, gid: u64) -> bool {
+        self.lock().groups.contains_key(&gid)
+    }
+
     /// Hands group `gid`'s result to its watches; `false` if the group is gone.
     fn deliver(&self, inner: &Inner, gid: u64, snap: Snapshot, reset: bool) -> bool {
         let snap = Arc::new(snap);
@@ -389,10 +417,17 @@ async fn run(inner: Arc<Inner>, gid: u64, query: Query) {
     let mut index = 0u64;
     let mut failures = 0u32;
     let mut backoff = Backoff::default();
+    // A new group's queries wait briefly at first: a group merged away soon after it started
+    // cancels its query, and Consul keeps a cancelled query's connection until its wait ends.
+    let mut wait = FIRST_WAIT;
     loop {
+        if !pool.alive(gid) {
+            return;
+        }
+        let started = std::time::Instant::now();
         let r = tokio::select! {
             _ = inner.life.closed() => return,
-            r = pool.blocking(&inner, &query, index) => r,
+            r = pool.blocking(&inner, &query, index, wait) => r,
         };
         match r {
             Ok(None) => continue,
@@ -411,10 +446,11 @@ async fn run(inner: Arc<Inner>, gid: u64, query: Query) {
                 if !pool.deliver(&inner, gid, snap, got < index) {
                     return;
                 }
-                if got == index && index > 0 {
+                if got == index && index > 0 && started.elapsed() < wait / 2 {
                     tokio::time::sleep(UNCHANGED_PAUSE).await;
                 }
                 index = next_index(index, got);
+                wait = (wait * 2).min(WAIT);
             }
             Err(e) => {
                 failures += 1;

@@ -12,8 +12,11 @@ use crate::group::{signature, Query, Target};
 use crate::pool::{share, Msg};
 use crate::store::Inner;
 
-/// `wait=` of every blocking query.
+/// `wait=` of the blocking queries of a group that has run a while.
 pub(crate) const WAIT: Duration = Duration::from_secs(30);
+
+/// `wait=` of a new group's first blocking query (doubling up to [`WAIT`]).
+pub(crate) const FIRST_WAIT: Duration = Duration::from_millis(200);
 
 /// Pause when a blocking query came back without a new index (Consul < 1.12 returns early on
 /// missing keys), so the watch never spins.
@@ -91,7 +94,8 @@ impl Feed for Pooled {
         }
         let snap = {
             let _permit = pool.read_permit().await;
-            pool.query(&self.inner, &Query::of(&self.target), 0).await?
+            pool.query(&self.inner, &Query::of(&self.target), 0, WAIT)
+                .await?
         };
         let part = self.target.part(&snap.entries);
         let pairs = self.target.pairs(&self.inner, part)?;
