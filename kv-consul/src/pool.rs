@@ -1,23 +1,23 @@
 //! The per-handle pool of blocking queries (`watch_pool=N`) that all watches share.
 //!
-//! Every request of a watch (its reads and the blocking queries) goes through one HTTP client
-//! whose connection pool holds at most N idle connections, under a semaphore of N requests in
-//! flight, so a handle's watches never hold more than N connections to the agents. At most
-//! N − 1 blocking queries ("groups") run at once, which leaves a permit for the watches' reads
-//! (with N = 1 a waiting read interrupts the one query). Each group reads one key or, once
+//! Every request of a watch (its reads and the blocking queries) goes over the pool's own
+//! connections ([`crate::lanes`]: at most N, under N permits), so a handle's watches never
+//! hold more than N connections to the agents. At most N − 1 blocking queries ("groups") run
+//! at once, which leaves a permit for the watches' reads (with N = 1 the reads wait for the
+//! one query, whose wait is then at most [`SOLO_WAIT`]). Each group reads one key or, once
 //! more keys are watched than there are groups, every key under a common prefix
 //! (`?recurse`), and hands each of its watches that watch's part of the result when, and
-//! only when, that part changed at a newer index.
+//! only when, that part changed at a newer index. Queries are never cancelled while watches
+//! come and go (Consul 1.8 keeps a cancelled query's connection busy until its wait ends): a
+//! group that is merged away or loses its last watch stops after its current query.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use kv_core::retry::Backoff;
 use kv_core::{Error, KvPair, Result};
-use tokio::sync::{watch, Notify, Semaphore, SemaphorePermit};
-use tokio::task::JoinHandle;
+use tokio::sync::{watch, Semaphore, SemaphorePermit};
 
 use crate::api::Entry;
 use crate::group::{merge_prefix, signature, Query, Target};
@@ -68,7 +68,6 @@ struct Group {
     members: HashMap<u64, Member>,
     /// The group's last result, for watches whose read ends after it.
     latest: Option<Arc<Snapshot>>,
-    task: JoinHandle<()>,
 }
 
 /// One result of a blocking query: the entries sorted by key and `X-Consul-Index`.
@@ -91,20 +90,12 @@ pub(crate) struct Pool {
     pub http: Http,
     size: usize,
     permits: Semaphore,
-    /// Reads waiting for a permit (with `size == 1` they interrupt the query).
-    readers: AtomicUsize,
-    wake: Notify,
     state: Mutex<State>,
 }
 
-/// Holds a read's place in the queue of [`Pool::readers`].
-struct Waiting<'a>(&'a Pool);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.readers.fetch_sub(1, Ordering::SeqCst);
-    }
-}
+/// The longest wait of a blocking query with `watch_pool=1`, whose one connection also
+/// serves the watches' reads.
+pub(crate) const SOLO_WAIT: Duration = Duration::from_millis(250);
 
 impl Pool {
     pub fn new(http: Http, size: usize) -> Pool {
@@ -112,8 +103,6 @@ impl Pool {
             http,
             size,
             permits: Semaphore::new(size),
-            readers: AtomicUsize::new(0),
-            wake: Notify::new(),
             state: Mutex::new(State::default()),
         }
     }
@@ -139,50 +128,24 @@ impl Pool {
         st.next_id
     }
 
-    /// A permit for a watch's read (ahead of the next blocking query).
+    /// A permit for a watch's read.
     pub async fn read_permit(&self) -> SemaphorePermit<'_> {
-        self.readers.fetch_add(1, Ordering::SeqCst);
-        let _waiting = Waiting(self);
-        self.wake.notify_waiters();
         self.permits
             .acquire()
             .await
             .expect("the pool semaphore is never closed")
     }
 
-    /// Resolves when a read waits and the one permit is held by a query (`size == 1`).
-    async fn preempted(&self) {
-        if self.size > 1 {
-            return std::future::pending().await;
-        }
-        loop {
-            let notified = self.wake.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.readers.load(Ordering::SeqCst) > 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-
-    /// Reads `q` (blocking while its index is `index`); `None` when a read interrupted it.
+    /// Reads `q` under a permit, blocking while its index is `index`.
     async fn blocking(
         &self,
         inner: &Inner,
         q: &Query,
         index: u64,
         wait: Duration,
-    ) -> Result<Option<Snapshot>> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .expect("the pool semaphore is never closed");
-        tokio::select! {
-            r = self.query(inner, q, index, wait) => r.map(Some),
-            _ = self.preempted() => Ok(None),
-        }
+    ) -> Result<Snapshot> {
+        let _permit = self.read_permit().await;
+        self.query(inner, q, index, wait).await
     }
 
     /// One request for `q` at `index` (0: a plain read), the caller holding a permit.
@@ -299,12 +262,11 @@ impl Pool {
         for id in members.keys() {
             st.member_group.insert(*id, gid);
         }
-        let task = tokio::spawn(run(inner.clone(), gid, query.clone()));
+        tokio::spawn(run(inner.clone(), gid, query.clone()));
         let group = Group {
             query,
             members,
             latest: None,
-            task,
         };
         st.groups.insert(gid, group);
         gid
@@ -336,7 +298,7 @@ impl Pool {
         }
     }
 
-    /// Watch `id` is gone; a group without watches stops (its query is cancelled).
+    /// Watch `id` is gone; a group without watches stops after its current query.
     pub fn leave(&self, id: u64) {
         let mut st = self.lock();
         let Some(gid) = st.member_group.remove(&id) else {
@@ -347,7 +309,7 @@ impl Pool {
         };
         g.members.remove(&id);
         if g.members.is_empty() {
-            st.groups.remove(&gid).expect("group").task.abort();
+            st.groups.remove(&gid);
         }
     }
 
@@ -430,8 +392,7 @@ async fn run(inner: Arc<Inner>, gid: u64, query: Query) {
             r = pool.blocking(&inner, &query, index, wait) => r,
         };
         match r {
-            Ok(None) => continue,
-            Ok(Some(snap)) => {
+            Ok(snap) => {
                 failures = 0;
                 backoff.reset();
                 let got = snap.index;
@@ -450,7 +411,7 @@ async fn run(inner: Arc<Inner>, gid: u64, query: Query) {
                     tokio::time::sleep(UNCHANGED_PAUSE).await;
                 }
                 index = next_index(index, got);
-                wait = (wait * 2).min(WAIT);
+                wait = (wait * 2).min(if pool.size == 1 { SOLO_WAIT } else { WAIT });
             }
             Err(e) => {
                 failures += 1;

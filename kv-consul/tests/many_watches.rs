@@ -133,7 +133,7 @@ async fn five_hundred_watches_on_a_pool_of_16() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_of_one_connection() {
-    fan_out(1, 40, 60).await;
+    fan_out(1, 20, 60).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
