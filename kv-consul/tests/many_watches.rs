@@ -176,3 +176,51 @@ async fn many_watches_survive_a_restart() {
     }
     s.close().await.unwrap();
 }
+
+/// Watches opened while others receive changes force their groups to merge (and move): every
+/// watch still ends with the last state of its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regrouping_loses_no_change() {
+    let Some(consul) = Consul::start(Options::default()).await else {
+        return;
+    };
+    let url = format!("consul://{}/regroup?watch_pool=4", consul.addr());
+    let (a, b) = (
+        ConsulStore::from_url(&url).await.unwrap(),
+        ConsulStore::from_url(&url).await.unwrap(),
+    );
+    let mut first = Vec::new();
+    for i in 0..3 {
+        let mut w = a.watch(&format!("x{i}/k")).await.unwrap();
+        assert_eq!(next_ok(&mut w, WAIT).await, None);
+        first.push(w);
+    }
+    let writer = tokio::spawn(async move {
+        let mut last = Vec::new();
+        for round in 0..30 {
+            last.clear();
+            for i in 0..3 {
+                let (k, v) = (format!("x{i}/k"), format!("{round}"));
+                last.push(
+                    b.put(&k, v.as_bytes(), PutOptions::default())
+                        .await
+                        .unwrap(),
+                );
+            }
+        }
+        last
+    });
+    let mut more = Vec::new();
+    for i in 0..40 {
+        let key = format!("y{}/{i}", i % 7);
+        let mut w = a.watch(&key).await.unwrap();
+        assert_eq!(next_ok(&mut w, WAIT).await, None, "{key}");
+        more.push(w);
+    }
+    let last = writer.await.unwrap();
+    for (w, p) in first.iter_mut().zip(&last) {
+        until(w, Duration::from_secs(30), |v| v.as_ref() == Some(p)).await;
+    }
+    assert_quiet(&mut more, &mut []);
+    a.close().await.unwrap();
+}
