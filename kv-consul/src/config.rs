@@ -6,7 +6,7 @@ use kv_core::raw::{Secret, TlsFiles};
 use kv_core::retry::DEFAULT_TIMEOUT;
 use kv_core::{ConnectUrl, Consistency, Error, Result};
 
-use crate::URL_SCHEME;
+use crate::{DEFAULT_WATCH_POOL, MAX_WATCH_POOL, URL_SCHEME};
 
 /// Configuration of a [`ConsulStore`](crate::ConsulStore). Its `Debug` never shows the token.
 #[derive(Clone, Debug)]
@@ -27,6 +27,9 @@ pub struct ConsulConfig {
     pub consistency: Consistency,
     /// HTTPS settings (`None`: plain HTTP). Needs the `tls` feature and a CA file.
     pub tls: Option<TlsFiles>,
+    /// Most connections (and blocking queries) the handle's watches use, however many there
+    /// are: 1 to [`MAX_WATCH_POOL`], default [`DEFAULT_WATCH_POOL`] (URL option `watch_pool=`).
+    pub watch_pool: usize,
 }
 
 impl ConsulConfig {
@@ -40,6 +43,7 @@ impl ConsulConfig {
             connect_timeout: None,
             consistency: Consistency::Linearizable,
             tls: None,
+            watch_pool: DEFAULT_WATCH_POOL,
         }
     }
 
@@ -71,6 +75,23 @@ impl ConsulConfig {
     pub fn with_tls(mut self, tls: TlsFiles) -> Self {
         self.tls = Some(tls);
         self
+    }
+
+    /// Sets the size of the watch pool (URL option `watch_pool=`; checked when connecting).
+    pub fn with_watch_pool(mut self, size: usize) -> Self {
+        self.watch_pool = size;
+        self
+    }
+
+    /// Checks the options that have a range.
+    pub(crate) fn validate(&self) -> Result<()> {
+        if !(1..=MAX_WATCH_POOL).contains(&self.watch_pool) {
+            return Err(Error::config(format!(
+                "watch_pool={} is out of range: 1 to {MAX_WATCH_POOL} connections",
+                self.watch_pool
+            )));
+        }
+        Ok(())
     }
 
     /// Sets the ACL token (URL option `token=`).
@@ -108,7 +129,15 @@ impl ConsulConfig {
         if let Some(m) = u.take_consistency()? {
             c.consistency = m;
         }
+        if let Some(n) = u.take("watch_pool") {
+            c.watch_pool = n.trim().parse().map_err(|_| {
+                Error::config(format!(
+                    "watch_pool={n:?} is not a number of connections (1 to {MAX_WATCH_POOL})"
+                ))
+            })?;
+        }
         u.finish()?;
+        c.validate()?;
         Ok(c)
     }
 }

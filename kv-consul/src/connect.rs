@@ -10,6 +10,7 @@ use reqwest::Method;
 
 use crate::error::{to_error, Failure};
 use crate::http::Http;
+use crate::pool::Pool;
 use crate::store::{capabilities, Inner};
 use crate::{ConsulConfig, ConsulDriver, BACKEND, DEFAULT_PORT};
 
@@ -202,6 +203,7 @@ impl Connect for ConsulDriver {
         }
         let ns = Namespace::new(&config.namespace)
             .map_err(|e| Error::config(format!("namespace {:?}: {e}", config.namespace)))?;
+        config.validate()?;
         let (client, https, connect_timeout) = build_client(&config)?;
         let bases = agent_urls(&config.endpoints, https)?;
         let http = Http::new(
@@ -211,8 +213,14 @@ impl Connect for ConsulDriver {
             config.timeout,
             connect_timeout,
         )?;
+        let watch_http = http.lanes(
+            config.watch_pool,
+            #[cfg(feature = "tls")]
+            tls::client_config(config.tls.as_ref())?,
+        );
         let inner = Inner {
             http,
+            pool: Pool::new(watch_http, config.watch_pool),
             ns,
             read: config.consistency,
             life: Lifecycle::new(),

@@ -1,6 +1,7 @@
 //! The HTTP layer: one reqwest client, several agent addresses with failover, the ACL token.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use kv_core::{Error, Result};
@@ -8,8 +9,9 @@ use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
 
 use crate::error::{is_tls_rejection, to_error, Failure};
+use crate::lanes::Lanes;
 
-const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-consul-token");
+pub(crate) const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-consul-token");
 
 /// A response whose status the caller decides about.
 pub(crate) struct Response {
@@ -59,6 +61,8 @@ pub(crate) struct Http {
     pub timeout: Duration,
     /// Connect timeout of the client (for error messages).
     connect_timeout: Duration,
+    /// The watch pool's own connections: GET requests go there instead of `client`.
+    lanes: Option<Arc<Lanes>>,
 }
 
 impl Http {
@@ -85,7 +89,37 @@ impl Http {
             token,
             timeout,
             connect_timeout,
+            lanes: None,
         })
+    }
+
+    /// The same agents and token over at most `size` connections of the watch pool's own.
+    pub fn lanes(&self, size: usize, #[cfg(feature = "tls")] tls: rustls::ClientConfig) -> Http {
+        let lanes = Lanes::new(
+            self.bases.clone(),
+            self.token.clone(),
+            self.connect_timeout,
+            size,
+            #[cfg(feature = "tls")]
+            tls,
+        );
+        Http {
+            client: self.client.clone(),
+            bases: self.bases.clone(),
+            current: AtomicUsize::new(0),
+            token: self.token.clone(),
+            timeout: self.timeout,
+            connect_timeout: self.connect_timeout,
+            lanes: Some(Arc::new(lanes)),
+        }
+    }
+
+    /// The local ports of the watch pool's connections so far (empty for other clients).
+    pub fn dialed_ports(&self) -> Vec<u16> {
+        self.lanes
+            .as_ref()
+            .map(|l| l.dialed_ports())
+            .unwrap_or_default()
     }
 
     pub fn endpoints(&self) -> String {
@@ -101,6 +135,10 @@ impl Http {
         body: Option<Vec<u8>>,
         budget: Duration,
     ) -> Result<Response> {
+        if let Some(lanes) = &self.lanes {
+            debug_assert!(method == Method::GET && body.is_none());
+            return lanes.get(operation, path_and_query, budget).await;
+        }
         match tokio::time::timeout(budget, self.send_inner(method, path_and_query, body)).await {
             Ok(r) => r,
             Err(_) => Err(to_error(Failure::Timeout {

@@ -6,8 +6,11 @@ mod api;
 mod config;
 mod connect;
 mod error;
+mod group;
 mod http;
+mod lanes;
 mod lock;
+mod pool;
 mod store;
 mod txn;
 mod watch;
@@ -18,6 +21,7 @@ use std::time::Duration;
 use kv_core::raw::{Checked, DriverDescriptor, NamespaceIn};
 
 pub use config::ConsulConfig;
+pub use pool::{DEFAULT_WATCH_POOL, MAX_WATCH_POOL};
 pub use store::ConsulDriver;
 
 /// A [`Store`](kv_core::Store) on Consul: [`ConsulDriver`] inside kv-core's checking layer.

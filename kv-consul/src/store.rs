@@ -12,6 +12,7 @@ use kv_core::{
 use crate::api::{KvOp, TxnOutcome};
 use crate::error::{is_fatal_what, missing_result, txn_error, what_error};
 use crate::http::Http;
+use crate::pool::Pool;
 use crate::write::Cond;
 use crate::{lock, txn, watch};
 use crate::{BACKEND, MAX_TTL, MAX_TXN_OPS, MAX_VALUE_SIZE, MIN_LOCK_TTL, MIN_TTL};
@@ -43,6 +44,8 @@ pub struct ConsulDriver {
 /// The state shared by the store, its watches and its lock holders.
 pub(crate) struct Inner {
     pub http: Http,
+    /// The blocking queries and reads of every watch (`watch_pool`).
+    pub pool: Pool,
     pub ns: Namespace,
     /// Mode of user reads (`get`, `exists`, `list`, watches, read-only `txn`).
     pub read: Consistency,
@@ -57,6 +60,13 @@ impl ConsulDriver {
     pub fn namespace(&self) -> &str {
         self.inner.ns.as_str()
     }
+
+    /// The local TCP ports of every connection the watch pool opened so far (closed ones
+    /// included), to count its connections in `/proc/net/tcp` (tests and the benchmark).
+    #[doc(hidden)]
+    pub fn watch_pool_ports(&self) -> Vec<u16> {
+        self.inner.pool.http.dialed_ports()
+    }
 }
 
 impl std::fmt::Debug for ConsulDriver {
@@ -66,6 +76,7 @@ impl std::fmt::Debug for ConsulDriver {
             .field("namespace", &self.inner.ns.as_str())
             .field("consistency", &self.inner.read)
             .field("timeout", &self.inner.info.timeout)
+            .field("watch_pool", &self.inner.pool.size())
             .finish_non_exhaustive()
     }
 }
@@ -195,12 +206,12 @@ impl Driver for ConsulDriver {
     }
 
     async fn watch(&self, key: &str) -> Result<WatchStream> {
-        let feed = watch::Blocking::key(self.inner.clone(), key);
+        let feed = watch::Pooled::key(self.inner.clone(), key);
         kv_core::raw::watch_key(BACKEND, self.inner.life.clone(), key.to_string(), feed).await
     }
 
     async fn watch_tree(&self, prefix: &str) -> Result<TreeWatchStream> {
-        let feed = watch::Blocking::tree(self.inner.clone(), prefix);
+        let feed = watch::Pooled::tree(self.inner.clone(), prefix);
         kv_core::raw::watch_tree(BACKEND, self.inner.life.clone(), prefix.to_string(), feed).await
     }
 

@@ -169,6 +169,25 @@ async fn mutual_tls() {
     let s = ConsulStore::from_url(&url).await.unwrap();
     let p = s.put("k", b"v", PutOptions::default()).await.unwrap();
     assert_eq!(s.get("k").await.unwrap(), p);
+    // Watches use the watch pool's own connections, with the same TLS settings.
+    let mut w = s.watch("k").await.unwrap();
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut w))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap(),
+        Some(p)
+    );
+    let p2 = s.put("k", b"v2", PutOptions::default()).await.unwrap();
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut w))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap(),
+        Some(p2)
+    );
 
     // No client certificate, or one from another CA: refused.
     for url in [

@@ -259,3 +259,27 @@ mod fuzz {
         );
     }
 }
+
+#[test]
+fn watch_pool_option() {
+    assert_eq!(
+        ConsulConfig::from_url("consul://h/").unwrap().watch_pool,
+        crate::DEFAULT_WATCH_POOL
+    );
+    let c = ConsulConfig::from_url("consul://h/?watch_pool=4").unwrap();
+    assert_eq!(c.watch_pool, 4);
+    assert_eq!(ConsulConfig::new(["h"]).with_watch_pool(1).watch_pool, 1);
+    for bad in ["0", "65", "-1", "x", ""] {
+        let e = ConsulConfig::from_url(&format!("consul://h/?watch_pool={bad}")).unwrap_err();
+        assert!(matches!(e, Error::Config { .. }), "{bad}: {e:?}");
+        assert!(e.to_string().contains("watch_pool"), "{e}");
+    }
+    assert!(ConsulConfig::new(["h"])
+        .with_watch_pool(65)
+        .validate()
+        .is_err());
+    assert!(ConsulConfig::new(["h"])
+        .with_watch_pool(crate::MAX_WATCH_POOL)
+        .validate()
+        .is_ok());
+}
