@@ -220,7 +220,7 @@ impl Driver for ConsulDriver {
         prefix: &str,
         from: Option<kv_core::Cursor>,
     ) -> Result<kv_core::EventStream> {
-        let feed = watch::Blocking::tree(self.inner.clone(), prefix);
+        let feed = watch::Pooled::tree(self.inner.clone(), prefix);
         let life = self.inner.life.clone();
         kv_core::raw::watch_events(BACKEND, life, prefix.to_string(), from, feed).await
     }
