@@ -38,18 +38,28 @@ struct State<T> {
 
 struct Shared<T> {
     state: Mutex<State<T>>,
+    /// Set when the caller drops its stream; `dropped` wakes whoever waits for that.
+    stream_gone: std::sync::atomic::AtomicBool,
+    dropped: tokio::sync::Notify,
 }
 
 /// Driver side of a watch queue; see [`event_channel`].
 pub struct EventSender<T> {
     shared: Arc<Shared<T>>,
-    alive: tokio::sync::watch::Receiver<()>,
 }
 
 /// Caller side of a watch queue: a `Stream`.
 pub struct EventStream<T> {
     shared: Arc<Shared<T>>,
-    _alive: tokio::sync::watch::Sender<()>,
+}
+
+impl<T> Drop for EventStream<T> {
+    fn drop(&mut self) {
+        self.shared
+            .stream_gone
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.shared.dropped.notify_waiters();
+    }
 }
 
 /// A non-blocking queue from a driver task to a watch stream.
@@ -76,17 +86,14 @@ fn channel<T>(lossless: bool) -> (EventSender<T>, EventStream<T>) {
             lossless,
             overflowed: false,
         }),
+        stream_gone: std::sync::atomic::AtomicBool::new(false),
+        dropped: tokio::sync::Notify::new(),
     });
-    let (alive_tx, alive_rx) = tokio::sync::watch::channel(());
     (
         EventSender {
             shared: shared.clone(),
-            alive: alive_rx,
         },
-        EventStream {
-            shared,
-            _alive: alive_tx,
-        },
+        EventStream { shared },
     )
 }
 
@@ -122,7 +129,9 @@ impl<T> EventSender<T> {
 
     /// True once the stream was dropped.
     pub fn is_closed(&self) -> bool {
-        self.alive.has_changed().is_err()
+        self.shared
+            .stream_gone
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// On a lossless queue: true (once) after it overflowed and dropped its items; the next
@@ -134,8 +143,14 @@ impl<T> EventSender<T> {
 
     /// Resolves when the stream is dropped.
     pub async fn closed(&self) {
-        let mut alive = self.alive.clone();
-        while alive.changed().await.is_ok() {}
+        let notified = self.shared.dropped.notified();
+        tokio::pin!(notified);
+        // Registered before the check, so a drop between the two still wakes us.
+        notified.as_mut().enable();
+        if self.is_closed() {
+            return;
+        }
+        notified.await;
     }
 }
 

@@ -2,8 +2,6 @@
 //! the next change after cursor X"); the engine owns the task, the loop, back-off, outage
 //! reporting, resume, filtering, deduplication and the end of the stream.
 
-use std::collections::BTreeMap;
-
 use async_trait::async_trait;
 
 use crate::error::{Error, Result};
@@ -142,8 +140,8 @@ async fn start<S: Sink, F: Feed>(
 ) -> Result<()> {
     let mut engine = Engine {
         backend,
+        state: State::of(&scope, Vec::new()),
         scope,
-        state: BTreeMap::new(),
         out,
         lifecycle,
     };
@@ -198,11 +196,7 @@ enum Step<T> {
 
 impl<S: Sink> Engine<S> {
     fn scoped(&self, pairs: Vec<KvPair>) -> State {
-        pairs
-            .into_iter()
-            .filter(|p| self.scope.contains(&p.key))
-            .map(|p| (p.key.clone(), p))
-            .collect()
+        State::of(&self.scope, pairs)
     }
 
     /// Runs `fut` unless the stream is dropped or the store closed first.

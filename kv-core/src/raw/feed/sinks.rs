@@ -9,7 +9,56 @@ use crate::events::{Cursor, WatchEvent};
 use crate::pair::KvPair;
 use crate::watch::{EventSender, KeyWatcher, TreeWatcher};
 
-pub(super) type State = BTreeMap<String, KvPair>;
+/// What a watch knows of its scope: one optional pair for a key watch (no map to allocate),
+/// the pairs by key for a subtree.
+pub(super) enum State {
+    Key(Option<KvPair>),
+    Tree(BTreeMap<String, KvPair>),
+}
+
+impl State {
+    /// The in-scope pairs of `pairs`.
+    pub(super) fn of(scope: &Scope, pairs: Vec<KvPair>) -> State {
+        let mut pairs = pairs.into_iter().filter(|p| scope.contains(&p.key));
+        match scope {
+            Scope::Key(_) => State::Key(pairs.next()),
+            Scope::Tree(_) => State::Tree(pairs.map(|p| (p.key.clone(), p)).collect()),
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&KvPair> {
+        match self {
+            State::Key(p) => p.as_ref().filter(|p| p.key == key),
+            State::Tree(m) => m.get(key),
+        }
+    }
+
+    fn insert(&mut self, pair: KvPair) {
+        match self {
+            State::Key(p) => *p = Some(pair),
+            State::Tree(m) => {
+                m.insert(pair.key.clone(), pair);
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        match self {
+            State::Key(p) => *p = None,
+            State::Tree(m) => {
+                m.remove(key);
+            }
+        }
+    }
+
+    /// The pairs in key order.
+    fn iter(&self) -> Box<dyn Iterator<Item = &KvPair> + '_> {
+        match self {
+            State::Key(p) => Box::new(p.iter()),
+            State::Tree(m) => Box::new(m.values()),
+        }
+    }
+}
 
 /// What the engine reports to: states (`watch`, `watch_tree`) or typed events. Each method
 /// returns `false` once the caller dropped the stream.
@@ -33,7 +82,7 @@ pub(super) trait Sink: Send + Sync + 'static {
 fn apply(state: &mut State, ev: Event) {
     match ev {
         Event::Put(p) => {
-            state.insert(p.key.clone(), p);
+            state.insert(p);
         }
         Event::Delete { key, .. } => {
             state.remove(&key);
@@ -63,7 +112,7 @@ impl Snapshots for KeyWatcher {
 
 impl Snapshots for TreeWatcher {
     fn emit_state(&mut self, state: &State, _: &Scope) -> bool {
-        self.emit(state.values().cloned().collect())
+        self.emit(state.iter().cloned().collect())
     }
     fn sink_error(&mut self, error: Error) -> bool {
         self.error(error)
@@ -156,7 +205,7 @@ impl Sink for Typed {
         // A snapshot may go back (an index reset): it replaces everything before it.
         self.1 = cursor;
         self.0.send(Ok(WatchEvent::Resync {
-            pairs: state.values().cloned().collect(),
+            pairs: state.iter().cloned().collect(),
             cursor: Cursor::new(cursor),
         }))
     }
@@ -179,13 +228,13 @@ impl Sink for Typed {
     fn replace(&mut self, state: &mut State, _: &Scope, new: State, cursor: u64) -> bool {
         // The changes between the two states, as events of one revision at `cursor`.
         let mut events = Vec::new();
-        for (k, p) in &new {
-            if state.get(k).map(|o| o.version) != Some(p.version) {
+        for p in new.iter() {
+            if state.get(&p.key).map(|o| o.version) != Some(p.version) {
                 events.push(Event::Put(p.clone()));
             }
         }
-        for k in state.keys() {
-            if !new.contains_key(k) {
+        for k in state.iter().map(|p| &p.key) {
+            if new.get(k).is_none() {
                 events.push(Event::Delete {
                     key: k.clone(),
                     version: cursor,
