@@ -301,6 +301,19 @@ impl ZkServer {
                 move || mode(port).is_some()
             })
             .await;
+        // The TLS port (Netty) may start listening after the plain one answers `mntr`.
+        if let Some(sp) = self.secure_port {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], sp));
+            crate::wait_until(
+                "the ZooKeeper TLS port to accept",
+                Duration::from_secs(60),
+                || async move {
+                    let ok = tokio::net::TcpStream::connect(addr).await.is_ok();
+                    ok.then_some(())
+                },
+            )
+            .await;
+        }
     }
 
     /// Starts the process again (same ports and data) without waiting.
