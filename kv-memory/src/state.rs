@@ -56,7 +56,8 @@ impl Shared {
         let out = f(&mut st);
         if !st.pending.is_empty() {
             let batch: Arc<[Change]> = std::mem::take(&mut st.pending).into();
-            st.watches.publish(batch);
+            let keys = batch.iter().map(|c| c.0.as_bytes());
+            st.watches.publish_batch(keys, batch.clone());
         }
         let timers = std::mem::take(&mut st.timers);
         drop(st);
@@ -175,7 +176,7 @@ impl State {
     /// is lost (the lock's own writes take the holder out first).
     /// A TTL too long to represent makes the key permanent.
     pub fn write(&mut self, key: &str, new: Option<(Vec<u8>, Option<Duration>)>, rev: u64) {
-        let (is_put, watched) = (new.is_some(), self.watches.wants(key));
+        let (is_put, watched) = (new.is_some(), self.watches.wants(key.as_bytes()));
         let change = new
             .as_ref()
             .filter(|_| watched)
