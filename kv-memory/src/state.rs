@@ -29,23 +29,17 @@ pub(crate) struct Shared {
 impl Shared {
     /// The store named `name` (a new one if no handle holds it), or a private one for `""`.
     pub fn get(name: &str) -> Arc<Shared> {
-        let state = Mutex::default();
-        let new = || {
-            Arc::new(Shared {
-                name: name.to_string(),
-                state,
-            })
-        };
+        let (name, state) = (name.to_string(), Mutex::default());
         if name.is_empty() {
-            return new();
+            return Arc::new(Shared { name, state });
         }
         let mut reg = lock(&REGISTRY);
-        if let Some(s) = reg.get(name).and_then(Weak::upgrade) {
-            return s;
-        }
-        let s = new();
-        reg.insert(name.to_string(), Arc::downgrade(&s));
-        s
+        let live = reg.get(&name).and_then(Weak::upgrade);
+        live.unwrap_or_else(|| {
+            let s = Arc::new(Shared { name, state });
+            reg.insert(s.name.clone(), Arc::downgrade(&s));
+            s
+        })
     }
 
     /// Runs `f` on the locked state, after expiring every key whose TTL has passed; then
@@ -56,7 +50,8 @@ impl Shared {
         let out = f(&mut st);
         if !st.pending.is_empty() {
             let batch: Arc<[Change]> = std::mem::take(&mut st.pending).into();
-            st.watches.publish(batch);
+            let keys = batch.iter().map(|c| c.0.as_bytes());
+            st.watches.publish_batch(keys, batch.clone());
         }
         let timers = std::mem::take(&mut st.timers);
         drop(st);
@@ -175,7 +170,7 @@ impl State {
     /// is lost (the lock's own writes take the holder out first).
     /// A TTL too long to represent makes the key permanent.
     pub fn write(&mut self, key: &str, new: Option<(Vec<u8>, Option<Duration>)>, rev: u64) {
-        let (is_put, watched) = (new.is_some(), self.watches.wants(key));
+        let (is_put, watched) = (new.is_some(), self.watches.wants(key.as_bytes()));
         let change = new
             .as_ref()
             .filter(|_| watched)

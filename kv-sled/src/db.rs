@@ -53,7 +53,7 @@ impl Drop for Shared {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         self.reaper.wake();
-        self.hub.shutdown();
+        self.hub.close();
         // SAFETY: the fields are never used again; this is the end of `drop`.
         let handles = unsafe {
             (

@@ -140,7 +140,7 @@ pub(crate) async fn acquire(driver: &SledDriver, key: &str, options: LockOptions
     };
     // 2. Write the lock record once the key holds no live lock record (a leftover lease of
     //    a crashed process frees itself at its expiry); a plain value is replaced.
-    let mut sub = shared.hub.key(&skey);
+    let mut sub = shared.hub.subscribe_key(&skey[..]);
     let record = loop {
         let exp = now_ms() + ttl_ms(options.ttl);
         let mut blocked_until = 0;

@@ -192,7 +192,7 @@ fn version(ev: &Event) -> u64 {
 /// Watches the normalized `key`.
 pub(crate) async fn key(driver: &SledDriver, key: &str) -> Result<WatchStream> {
     let shared = driver.shared()?;
-    let sub = shared.hub.key(&driver.skey(key));
+    let sub = shared.hub.subscribe_key(driver.skey(key));
     let feed = SledFeed::new(driver, &shared, sub, Scope::Key(0));
     drop(shared);
     watch_key(BACKEND, driver.life().clone(), key.to_string(), feed).await
@@ -206,7 +206,7 @@ pub(crate) async fn events(
     from: Option<kv_core::Cursor>,
 ) -> Result<kv_core::EventStream> {
     let shared = driver.shared()?;
-    let sub = shared.hub.prefix(&driver.subtree(prefix));
+    let sub = shared.hub.subscribe_prefix(driver.subtree(prefix));
     let feed = SledFeed::new(driver, &shared, sub, Scope::Tree(HashMap::new()));
     drop(shared);
     let life = driver.life().clone();
@@ -215,7 +215,7 @@ pub(crate) async fn events(
 
 pub(crate) async fn tree(driver: &SledDriver, prefix: &str) -> Result<TreeWatchStream> {
     let shared = driver.shared()?;
-    let sub = shared.hub.prefix(&driver.subtree(prefix));
+    let sub = shared.hub.subscribe_prefix(driver.subtree(prefix));
     let feed = SledFeed::new(driver, &shared, sub, Scope::Tree(HashMap::new()));
     drop(shared);
     watch_tree(BACKEND, driver.life().clone(), prefix.to_string(), feed).await

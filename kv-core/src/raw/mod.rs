@@ -10,6 +10,8 @@
 //! - [`Lifecycle`]: open/closed state shared with background tasks.
 //! - [`Feed`] + [`watch_key`]/[`watch_tree`]: the watch engine (loop, back-off, outage
 //!   reporting, resume, re-read after lost history, filtering, dedup, end of stream).
+//! - [`Fanout`]: items published by stored key, handed to the subscriptions of that key or
+//!   a prefix of it (a driver's own change notifications fanned out to its watches).
 //! - [`HeldLocks`]: the locks a store holds, released on close.
 //! - [`CleanupGuard`] / [`spawn_cleanup`]: bounded background clean-up after a dropped call.
 //! - [`Namespace`]: user key ↔ stored key.
@@ -35,6 +37,7 @@ mod checked;
 mod cleanup;
 mod descriptor;
 mod driver;
+mod fanout;
 mod feed;
 mod lifecycle;
 mod locks;
@@ -46,6 +49,7 @@ pub use checked::Checked;
 pub use cleanup::{spawn_cleanup, CleanupFuture, CleanupGuard};
 pub use descriptor::{open, DriverDescriptor, NamespaceIn, OpenFuture};
 pub use driver::{Connect, Driver, DriverInfo};
+pub use fanout::{Fanout, Subscription};
 pub use feed::{watch_events, watch_key, watch_tree, Event, Feed, Update};
 pub use lifecycle::Lifecycle;
 pub use locks::HeldLocks;
