@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use kv_core::raw::error_chain;
 use kv_core::Error;
 use reqwest::StatusCode;
 
@@ -64,7 +65,7 @@ pub(crate) fn to_error(f: Failure) -> Error {
                     after: timeout,
                 };
             }
-            let message = chain(&error);
+            let message = error_chain(&error);
             if is_certificate_refusal(&causes(&error)) {
                 return Error::Unauthorized {
                     message: format!("{endpoint} refused the client certificate: {message}"),
@@ -173,26 +174,11 @@ fn backend(retryable: bool, message: String) -> Error {
     }
 }
 
-/// An error and its sources, each once, joined by `": "`.
-pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
-}
-
 /// The causes of a transport error, lowercased, without reqwest's own message: that message
 /// holds the request URL, hence the key, and a key may contain any word ("tls", ...).
 pub(crate) fn causes(e: &reqwest::Error) -> String {
     std::error::Error::source(e)
-        .map(|c| chain(c).to_ascii_lowercase())
+        .map(|c| error_chain(c).to_ascii_lowercase())
         .unwrap_or_default()
 }
 
