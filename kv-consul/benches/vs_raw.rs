@@ -178,18 +178,16 @@ async fn raw_run(raw: &Arc<Raw>, keys: &Arc<Keys>, op: Op, n: usize, tasks: usiz
 async fn main() {
     let n = bench::env_usize("KV_BENCH_N", 2000);
     let rounds = bench::env_usize("KV_BENCH_ROUNDS", 5).max(1);
-    let mut _server = None;
-    let addr = match std::env::var("KV_CONSUL_ADDR") {
-        Ok(a) => a.split(',').next().unwrap_or_default().to_string(),
-        Err(_) => {
-            let Some(c) = kv_testkit::consul::Consul::start(Default::default()).await else {
-                return;
-            };
-            let a = c.addr();
-            _server = Some(c);
-            a
-        }
+    let Some((addrs, _server)) = bench::endpoint_or_start(
+        "KV_CONSUL_ADDR",
+        kv_testkit::consul::Consul::start(Default::default()),
+        |c| c.addr(),
+    )
+    .await
+    else {
+        return;
     };
+    let addr = addrs.split(',').next().unwrap_or_default().to_string();
     let store = Arc::new(
         ConsulStore::from_url(&format!("consul://{addr}/bench-vs-raw"))
             .await

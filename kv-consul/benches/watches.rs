@@ -209,18 +209,16 @@ async fn main() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let mut _server = None;
-    let addr = match std::env::var("KV_CONSUL_ADDR") {
-        Ok(a) => a.split(',').next().unwrap_or_default().to_string(),
-        Err(_) => {
-            let Some(c) = kv_testkit::consul::Consul::start(Default::default()).await else {
-                return;
-            };
-            let a = c.addr();
-            _server = Some(c);
-            a
-        }
+    let Some((addrs, _server)) = bench::endpoint_or_start(
+        "KV_CONSUL_ADDR",
+        kv_testkit::consul::Consul::start(Default::default()),
+        |c| c.addr(),
+    )
+    .await
+    else {
+        return;
     };
+    let addr = addrs.split(',').next().unwrap_or_default().to_string();
     let port: u16 = addr
         .rsplit(':')
         .next()

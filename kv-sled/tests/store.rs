@@ -2,26 +2,11 @@
 
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use kv_core::{Error, LockOptions, PutOptions, Store, Txn, TxnResult};
 use kv_sled::{SledConfig, SledStore};
 
-const DEADLINE: Duration = Duration::from_secs(20);
-
-fn dir(tag: &str) -> tempfile::TempDir {
-    kv_testkit::temp_dir(&format!("sled-{tag}"))
-}
-
-async fn open(path: &std::path::Path) -> SledStore {
-    SledStore::connect(SledConfig::new(path)).await.unwrap()
-}
-
-async fn next<T>(s: &mut (impl futures::Stream<Item = T> + Unpin)) -> T {
-    tokio::time::timeout(DEADLINE, s.next())
-        .await
-        .expect("watch item within the deadline")
-        .expect("stream not ended")
-}
+mod common;
+use common::{dir, next, open, DEADLINE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_calls_follow_the_contract() {

@@ -7,22 +7,8 @@ use futures::StreamExt;
 use kv_core::{Error, PutOptions, Store};
 use kv_sled::{SledConfig, SledStore};
 
-const DEADLINE: Duration = Duration::from_secs(20);
-
-fn dir(tag: &str) -> tempfile::TempDir {
-    kv_testkit::temp_dir(&format!("sled-{tag}"))
-}
-
-async fn open(path: &std::path::Path) -> SledStore {
-    SledStore::connect(SledConfig::new(path)).await.unwrap()
-}
-
-async fn next<T>(s: &mut (impl futures::Stream<Item = T> + Unpin)) -> T {
-    tokio::time::timeout(DEADLINE, s.next())
-        .await
-        .expect("watch item within the deadline")
-        .expect("stream not ended")
-}
+mod common;
+use common::{dir, next, open, DEADLINE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ttl_keys_vanish_at_expiry_and_watchers_see_it() {

@@ -3,22 +3,16 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::stream::{select_all, StreamExt};
 use kv_core::{Error, KvPair, PutOptions, Store};
 use kv_sled::{SledConfig, SledStore};
 
-const DEADLINE: Duration = Duration::from_secs(30);
+mod common;
+use common::{next, DEADLINE};
 
-/// A field of `/proc/self/status` (`Threads`, `VmRSS` in kB).
-fn status(field: &str) -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    s.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/self/status"))
-}
+use kv_testkit::watchbench::status;
 
 /// Best of 5 rounds of 200 puts, in µs per put.
 async fn put_cost(s: &SledStore, tag: &str) -> f64 {
@@ -100,13 +94,6 @@ impl Rng {
         self.0 ^= self.0 << 17;
         (self.0 % n as u64) as usize
     }
-}
-
-async fn next<T>(s: &mut (impl futures::Stream<Item = T> + Unpin)) -> T {
-    tokio::time::timeout(DEADLINE, s.next())
-        .await
-        .expect("watch item within the deadline")
-        .expect("stream not ended")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,7 +30,7 @@ pub type OpenPair = Box<
 const DEADLINE: Duration = Duration::from_secs(60);
 
 /// A `kB` field of `/proc/self/status` (or `Threads`).
-fn status(field: &str) -> u64 {
+pub fn status(field: &str) -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
     s.lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
