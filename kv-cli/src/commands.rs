@@ -112,7 +112,7 @@ pub async fn rm(store: &Handle, out: Printer, prefix: &str) -> Result<()> {
 
 /// `watch [-r] KEY`: prints every item until Ctrl-C (exit 0) or the stream ends (an error).
 pub async fn watch(store: &Handle, out: Printer, key: &str, recursive: bool) -> Result<()> {
-    let interrupted = tokio::signal::ctrl_c();
+    let interrupted = crate::interrupt::ctrl_c();
     tokio::pin!(interrupted);
     if recursive {
         let mut stream = store.watch_tree(key).await?;
@@ -148,7 +148,7 @@ pub async fn events(
     prefix: &str,
     from: Option<kv::Cursor>,
 ) -> Result<()> {
-    let interrupted = tokio::signal::ctrl_c();
+    let interrupted = crate::interrupt::ctrl_c();
     tokio::pin!(interrupted);
     let mut stream = store.watch_events(prefix, from).await?;
     loop {

@@ -28,7 +28,7 @@ pub async fn elect(
 ) -> Result<ExitCode> {
     let ttl = parse_ttl(ttl)?.unwrap_or_else(|| default_ttl(store));
     let candidate = Candidate::new(store.clone(), key, name.as_bytes().to_vec(), ttl);
-    let interrupted = tokio::signal::ctrl_c();
+    let interrupted = crate::interrupt::ctrl_c();
     tokio::pin!(interrupted);
     let leadership = tokio::select! {
         l = candidate.campaign() => l?,
@@ -67,7 +67,7 @@ fn print_leader(out: Printer, key: &str, leader: &Option<Leader>) {
 /// until Ctrl-C.
 pub async fn leader(store: &Handle, out: Printer, key: &str, follow: bool) -> Result<ExitCode> {
     let mut leaders = observe(store.clone(), key);
-    let interrupted = tokio::signal::ctrl_c();
+    let interrupted = crate::interrupt::ctrl_c();
     tokio::pin!(interrupted);
     loop {
         let item = tokio::select! {

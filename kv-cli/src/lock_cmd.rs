@@ -27,7 +27,7 @@ pub async fn run(
     if let Some(ttl) = parse_ttl(ttl)? {
         options = options.ttl(ttl);
     }
-    let interrupted = tokio::signal::ctrl_c();
+    let interrupted = crate::interrupt::ctrl_c();
     tokio::pin!(interrupted);
     let lock = tokio::select! {
         l = store.new_lock(key, options) => l?,

@@ -15,6 +15,7 @@ mod cli;
 mod commands;
 mod demo;
 mod election_cmd;
+mod interrupt;
 mod lock_cmd;
 mod output;
 mod txn;
