@@ -8,8 +8,9 @@
 //! expiry that is due, and returns the state read then ([`Update::State`]). A lost connection
 //! is an `Err` at once (the engine retries silently once) and then one `Err` per store timeout
 //! the outage lasts; after a reconnect the hub adds the shared watch again and every watch
-//! re-reads synced (events can be lost across a reconnect, ZOOKEEPER-4698); a session expiry
-//! re-registers on the store's next session.
+//! returns [`Update::Resync`] (events can be lost across a reconnect, ZOOKEEPER-4698), so the
+//! engine re-reads synced and a typed `watch_events` stream gets a `Resync`; a session expiry
+//! likewise re-registers on the store's next session through a `Resync`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -248,9 +249,9 @@ impl Feed for ZkFeed {
                     session = conn.gen,
                     "re-arming the watch"
                 );
-                let sync = self.inner.sync_reads();
-                let (pairs, cursor) = Box::pin(self.arm_and_read(&conn, sync)).await?;
-                return Ok(Update::State(pairs, cursor));
+                // Changes while no watch was registered cannot be proven absent: the engine
+                // re-reads (`read` registers again) and a typed stream gets a `Resync`.
+                return Ok(Update::Resync);
             }
             if let Some(sync) = self.pending {
                 let (pairs, cursor) = Box::pin(self.state(&conn, sync)).await?;
@@ -297,7 +298,8 @@ impl Feed for ZkFeed {
                         // synced (events during the outage may be lost, ZOOKEEPER-4698).
                         tracing::debug!(backend = BACKEND, watch = self.name(), "reconnected; re-reading");
                         self.disconnected = false;
-                        self.pending = Some(self.inner.sync_reads());
+                        self.reg = None;
+                        return Ok(Update::Resync);
                     } else if seen.disconnected {
                         self.disconnected = true;
                         return Err(self.unreachable("connection to ZooKeeper lost".into()));

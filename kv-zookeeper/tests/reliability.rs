@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kv_core::{Error, KvPair, LockOptions, PutOptions, Store};
+use kv_core::{Error, KvPair, LockOptions, PutOptions, Store, WatchEvent};
 use kv_testkit::wait_until;
 use kv_testkit::zookeeper::{ZkEnsemble, ZkOptions, ZkServer};
 use kv_zookeeper::{ZkConfig, ZkStore};
@@ -54,6 +54,12 @@ async fn server_restart_during_watches() {
         .unwrap();
     let mut w = watcher.watch("cfg/a").await.unwrap();
     let mut t = watcher.watch_tree("cfg").await.unwrap();
+    let mut ev = watcher.watch_events("cfg", None).await.unwrap();
+    let first = wait_item(&mut ev, "first typed item", |_| true).await;
+    assert!(
+        matches!(first, WatchEvent::Resync { ref pairs, .. } if pairs.len() == 1),
+        "{first:?}"
+    );
     let first = wait_item(&mut w, "first key state", |_| true).await;
     assert_eq!(first.unwrap().value, b"1");
     wait_item(&mut t, "first tree state", |v: &Vec<KvPair>| v.len() == 1).await;
@@ -91,6 +97,38 @@ async fn server_restart_during_watches() {
         })
         .await;
         assert_eq!(snap.len(), 2 + round);
+        // The typed stream cannot prove that nothing was lost while the connection was down
+        // (ZOOKEEPER-4698): it says so with a Resync, which holds both writes or is followed
+        // by their events.
+        let mut model: Option<std::collections::BTreeMap<String, u64>> = None;
+        let done = |m: &std::collections::BTreeMap<String, u64>| {
+            m.get("cfg/a") == Some(&pa.version) && m.get(pb.key.as_str()) == Some(&pb.version)
+        };
+        let deadline = Instant::now() + LONG;
+        while !model.as_ref().is_some_and(done) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, ev.next()).await {
+                Ok(Some(Ok(WatchEvent::Resync { pairs, .. }))) => {
+                    model = Some(pairs.into_iter().map(|p| (p.key, p.version)).collect());
+                }
+                Ok(Some(Ok(WatchEvent::Put { pair, .. }))) => {
+                    if let Some(m) = model.as_mut() {
+                        m.insert(pair.key, pair.version);
+                    }
+                }
+                Ok(Some(Ok(WatchEvent::Delete { key, .. }))) => {
+                    if let Some(m) = model.as_mut() {
+                        m.remove(&key);
+                    }
+                }
+                Ok(Some(Ok(other))) => panic!("unexpected typed item {other:?}"),
+                Ok(Some(Err(e))) => eprintln!("typed stream error item while reconnecting: {e}"),
+                Ok(None) => panic!("typed stream ended"),
+                Err(_) => {
+                    panic!("round {round}: no Resync with both writes within {LONG:?}: {model:?}")
+                }
+            }
+        }
     }
     // A delete is delivered too.
     writer.delete("cfg/a").await.unwrap();
