@@ -39,6 +39,9 @@ pub(crate) struct Msg {
     /// The latest failure of the group's query since that state, numbered.
     pub failure: Option<(u64, Arc<Error>)>,
     failures: u64,
+    /// How many times the group's index went backwards (an index reset: Consul lost or
+    /// restored its state), so the watch cannot prove that it missed nothing.
+    pub resets: u64,
 }
 
 impl Msg {
@@ -327,6 +330,7 @@ impl Pool {
         g.latest = Some(snap.clone());
         for m in g.members.values_mut() {
             if reset {
+                m.tx.send_modify(|msg| msg.resets += 1);
                 match &mut m.known {
                     Some((cursor, _)) => *cursor = 0,
                     None => m.reset = true,

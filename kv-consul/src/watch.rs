@@ -40,8 +40,8 @@ pub(crate) struct Pooled {
     /// Given to the pool on the first read.
     tx: Option<watch::Sender<Msg>>,
     rx: watch::Receiver<Msg>,
-    /// The index of the last state and the number of the last failure returned.
-    seen: (Option<u64>, u64),
+    /// The index of the last state, the number of the last failure and of index resets seen.
+    seen: (Option<u64>, u64, u64),
 }
 
 impl Pooled {
@@ -54,7 +54,7 @@ impl Pooled {
             target,
             tx: Some(tx),
             rx,
-            seen: (None, 0),
+            seen: (None, 0, 0),
         }
     }
 
@@ -90,6 +90,7 @@ impl Feed for Pooled {
             self.seen = (
                 m.state.as_ref().map(|s| s.1),
                 m.failure.as_ref().map_or(0, |f| f.0),
+                m.resets,
             );
         }
         let snap = {
@@ -109,6 +110,11 @@ impl Feed for Pooled {
         loop {
             {
                 let m = self.rx.borrow_and_update();
+                if m.resets != self.seen.2 {
+                    // The index went backwards: re-read (a typed stream gets a Resync).
+                    self.seen.2 = m.resets;
+                    return Ok(Update::Resync);
+                }
                 if let Some((pairs, index)) = &m.state {
                     if self.seen.0 != Some(*index) {
                         self.seen.0 = Some(*index);

@@ -5,8 +5,9 @@ mod common;
 use std::time::Duration;
 
 use common::{next_ok, until};
+use futures::StreamExt;
 use kv_consul::ConsulStore;
-use kv_core::{PutOptions, Store};
+use kv_core::{PutOptions, Store, WatchEvent};
 use kv_testkit::consul::{Consul, Options};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,6 +60,56 @@ async fn watches_survive_a_restart() {
     }
     s.delete("r/k").await.unwrap();
     until(&mut w, Duration::from_secs(30), |v| v.is_none()).await;
+    s.close().await.unwrap();
+}
+
+/// An agent that lost its state (empty data dir: the index starts again, lower than before)
+/// gives a typed stream a `Resync`, not events that pretend nothing was missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_reset_gives_a_resync() {
+    let Some(mut consul) = Consul::start(Options::default()).await else {
+        return;
+    };
+    let url = format!("consul://{}/reset?timeout=3s", consul.addr());
+    let s = ConsulStore::from_url(&url).await.unwrap();
+    // Raise the index well above what a fresh agent reaches in the test.
+    for i in 0..30 {
+        s.put(&format!("other/{i}"), b"x", PutOptions::default())
+            .await
+            .unwrap();
+    }
+    let before = s.put("r/old", b"1", PutOptions::default()).await.unwrap();
+    let mut ev = s.watch_events("r", None).await.unwrap();
+    match next_ok(&mut ev, Duration::from_secs(10)).await {
+        WatchEvent::Resync { pairs, .. } => assert_eq!(pairs, vec![before.clone()]),
+        other => panic!("first item {other:?}"),
+    }
+    consul.restart_empty().await;
+    let new = loop {
+        match s.put("r/new", b"2", PutOptions::default()).await {
+            Ok(p) => break p,
+            Err(e) if e.is_transient() => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(e) => panic!("put after the restart: {e}"),
+        }
+    };
+    assert!(
+        new.version < before.version,
+        "the index was reset: {new:?} after {before:?}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match tokio::time::timeout(left, ev.next()).await {
+            Ok(Some(Ok(WatchEvent::Resync { pairs, .. }))) if pairs == vec![new.clone()] => break,
+            Ok(Some(Ok(WatchEvent::Resync { .. }))) => {}
+            Ok(Some(Ok(other))) => {
+                panic!("an event instead of a Resync after the reset: {other:?}")
+            }
+            Ok(Some(Err(e))) => eprintln!("error item while the agent restarts: {e}"),
+            Ok(None) => panic!("the stream ended"),
+            Err(_) => panic!("no Resync holding only r/new within 60 s"),
+        }
+    }
     s.close().await.unwrap();
 }
 

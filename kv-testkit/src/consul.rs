@@ -275,6 +275,21 @@ impl Consul {
         }
     }
 
+    /// Restarts the agent with an empty data directory (same ports): Consul's raft index
+    /// starts again from scratch, as after a loss of its state. Only for agents without ACLs
+    /// (a fresh agent would need a new bootstrap).
+    pub async fn restart_empty(&mut self) {
+        assert!(self.management_token.is_none(), "restart_empty with ACLs");
+        self.process.kill();
+        let data = self.dir.path().join("data");
+        std::fs::remove_dir_all(&data).expect("remove consul data dir");
+        std::fs::create_dir_all(&data).expect("create consul data dir");
+        self.process = spawn(&self.bin, &self.args, &self.log);
+        if let Err(tail) = self.wait_ready().await {
+            panic!("consul exited after its restart; log tail:\n{tail}");
+        }
+    }
+
     async fn wait_leader(&mut self) -> Result<(), String> {
         let start = Instant::now();
         loop {
