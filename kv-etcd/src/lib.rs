@@ -114,25 +114,33 @@
 //! ## Performance
 //! `cargo bench -p kv-etcd --bench vs_raw`: 2000 operations per measurement, 100-byte values,
 //! best of 5 rounds, kv and raw etcd-client alternating, etcd 3.4.23 (single member, default
-//! settings) on 127.0.0.1, otherwise idle 2-core machine, 2026-12-01. Requests per call are the
-//! server's own count (`grpc_server_started_total{grpc_type="unary"}` of its `/metrics`, read
-//! around every run). New keys and overwrites are the same `Put` request on etcd.
+//! settings, started by `scripts/servers/etcd.sh`) on 127.0.0.1, 2-core machine (load average
+//! about 0.5 at the start), 2026-12-01. Requests per call are the server's own count
+//! (`grpc_server_started_total{grpc_type="unary"}` of its `/metrics`, read around every run).
+//! New keys and overwrites are the same `Put` request on etcd. Gets compare like with like:
+//! **get (linearizable)** is kv's default get against etcd-client's default (linearizable)
+//! range request, **get (stale)** is a store opened with `consistency=stale` against a
+//! serializable range request (`GetOptions::with_serializable`).
 //!
 //! | workload | kv ops/s (best) | raw ops/s (best) | kv / raw (best) | kv / raw (median of rounds) | kv client CPU µs/op | raw client CPU µs/op | kv requests/op | raw requests/op |
 //! |---|---|---|---|---|---|---|---|---|
-//! | sequential put, new key | 3378 | 3553 | 0.95 | 0.98 | 92.4 | 90.8 | 1.00 | 1.00 |
-//! | sequential put, overwrite | 3393 | 3497 | 0.97 | 1.01 | 99.5 | 96.4 | 1.00 | 1.00 |
-//! | sequential get | 4471 | 4678 | 0.96 | 0.96 | 72.1 | 69.5 | 1.00 | 1.00 |
-//! | sequential delete | 3683 | 3573 | 1.03 | 1.02 | 91.2 | 87.1 | 1.00 | 1.00 |
-//! | 64-task put, new key | 17819 | 28834 | 0.62 | 0.81 | 16.6 | 14.9 | 1.00 | 1.00 |
-//! | 64-task put, overwrite | 32860 | 31566 | 1.04 | 0.94 | 16.6 | 15.1 | 1.00 | 1.00 |
-//! | 64-task get | 12699 | 12872 | 0.99 | 0.95 | 20.2 | 18.8 | 1.00 | 1.00 |
-//! | 64-task delete | 37225 | 38433 | 0.97 | 0.92 | 15.9 | 15.0 | 1.00 | 1.00 |
+//! | sequential put, new key | 3218 | 3338 | 0.96 | 0.97 | 101.4 | 95.4 | 1.00 | 1.00 |
+//! | sequential put, overwrite | 3328 | 3365 | 0.99 | 0.96 | 103.1 | 97.7 | 1.00 | 1.00 |
+//! | sequential get (linearizable) | 5115 | 5031 | 1.02 | 0.95 | 73.1 | 69.0 | 1.00 | 1.00 |
+//! | sequential get (stale; raw: serializable) | 5726 | 5663 | 1.01 | 0.96 | 71.3 | 66.1 | 1.00 | 1.00 |
+//! | sequential delete | 3537 | 3682 | 0.96 | 1.00 | 93.7 | 92.9 | 1.00 | 1.00 |
+//! | 64-task put, new key | 31903 | 29713 | 1.07 | 1.10 | 16.1 | 15.4 | 1.00 | 1.00 |
+//! | 64-task put, overwrite | 25838 | 30980 | 0.83 | 0.91 | 18.0 | 16.5 | 1.00 | 1.00 |
+//! | 64-task get (linearizable) | 11610 | 11348 | 1.02 | 1.04 | 21.5 | 20.8 | 1.00 | 1.00 |
+//! | 64-task get (stale; raw: serializable) | 12457 | 13091 | 0.95 | 0.98 | 19.9 | 18.9 | 1.00 | 1.00 |
+//! | 64-task delete | 35885 | 30292 | 1.18 | 1.01 | 16.8 | 15.5 | 1.00 | 1.00 |
 //!
-//! Every call is one request, so what differs is client CPU: about 1–2 µs per call (5–10 %), and
-//! with client and server sharing two cores that shows in the 64-task rows, whose per-round
-//! ratios also scatter most (the 64-task new-key row's first rounds fall while etcd's backend
-//! grows; the same request as an overwrite otherwise). A `perf` profile of the 64-task get
+//! Every call is one request in both read modes (a linearizable range request's ReadIndex
+//! round is inside the server, not an extra request), so what differs is client CPU: about
+//! 1–6 µs per call (4–9 %), and with client and server sharing two cores that shows in the
+//! 64-task rows, whose per-round ratios also scatter most (the 64-task overwrite row: 0.94 in
+//! the previous table, 0.91 here). On a single member a serializable get is 7–15 % faster than
+//! a linearizable one, on both sides alike. A `perf` profile of the 64-task get
 //! workload (`KV_BENCH_ONLY="64-task get"`, `perf record -F 1999`, and `--call-graph dwarf`
 //! for callers) finds no kv hot spot: kv's own per-call task costs 10.0 % of the process's
 //! samples against 9.8 % for the raw client's, the timeout wrapper (`tokio::time::timeout`:
