@@ -5,7 +5,17 @@
 //! `KV_BENCH_ONLY` picks workloads by name, and a delete row needs its new-key row); each figure is the best of `KV_BENCH_ROUNDS` (default 5) rounds, kv and raw alternating
 //! (also printed: the median of the per-round ratios, the client process's CPU time per
 //! operation, and for writes the raft entries per call: the agent's raft `last_log_index`
-//! read around every run; reads make no raft entry and show `–`).
+//! read around every run).
+//!
+//! Gets compare like with like: **get (linearizable)** is kv's default get (`?consistent`)
+//! against a raw `GET /v1/kv/<key>?consistent`, **get (stale)** is a kv store opened with
+//! `consistency=stale` (`?stale`) against a raw `GET /v1/kv/<key>?stale`. Reads make no raft
+//! entry; their requests per call are the agent's own count of `GET /v1/kv` requests
+//! (`consul.http.GET.v1.kv._` of `/v1/agent/metrics`), and the leader checks per call
+//! (`consul.raft.verify_leader`) are printed after the table. Consul keeps those metrics per
+//! 10-second interval, not as running totals, so they are measured by a separate counted pass
+//! per side and mode (2000 sequential calls inside one interval, read once it has closed), not
+//! around the timed rounds.
 //!
 //! Raw put is `PUT /v1/kv/<key>` (answer `true`), raw get is `GET /v1/kv/<key>` with the JSON
 //! and base64 decoded, raw delete is `DELETE /v1/kv/<key>`. kv writes through `/v1/txn` (the
@@ -17,7 +27,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use kv_consul::ConsulStore;
@@ -40,7 +50,10 @@ enum Op {
     PutNew,
     /// Put over an existing key.
     Put,
+    /// Linearizable get: kv's default, raw `?consistent`.
     Get,
+    /// Stale get: kv with `consistency=stale`, raw `?stale`.
+    GetStale,
     /// Delete of a key a `PutNew` run created.
     Delete,
     /// Raw side: the one-operation `/v1/txn` write kv sends for a put (existing key).
@@ -111,10 +124,11 @@ impl Raw {
         assert_eq!(&r.bytes().await.unwrap()[..], b"true");
     }
 
-    async fn get(&self, key: &str) {
+    /// `GET /v1/kv/<key>?<mode>` (`consistent` or `stale`).
+    async fn get(&self, key: &str, mode: &str) {
         let r = self
             .client
-            .get(format!("{}/v1/kv/{key}", self.base))
+            .get(format!("{}/v1/kv/{key}?{mode}", self.base))
             .send()
             .await
             .unwrap();
@@ -126,16 +140,118 @@ impl Raw {
             .unwrap();
         assert_eq!(value.len(), 100);
     }
+
+    /// The agent's last closed metrics interval: its start (seconds of the UTC day), the
+    /// `GET /v1/kv` requests and the raft leader checks counted in it.
+    async fn metrics_interval(&self) -> Option<(u64, u64, u64)> {
+        let r = self
+            .client
+            .get(format!("{}/v1/agent/metrics", self.base))
+            .send()
+            .await
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.ok()?).ok()?;
+        // "2026-12-01 10:55:50 +0000 UTC"
+        let hms: Vec<u64> = v["Timestamp"]
+            .as_str()?
+            .get(11..19)?
+            .split(':')
+            .map(|x| x.parse().ok())
+            .collect::<Option<_>>()?;
+        let count = |kind: &str, name: &str| {
+            v[kind].as_array().and_then(|ms| {
+                ms.iter()
+                    .find(|m| m["Name"] == name)
+                    .and_then(|m| m["Count"].as_u64())
+            })
+        };
+        Some((
+            hms[0] * 3600 + hms[1] * 60 + hms[2],
+            count("Samples", "consul.http.GET.v1.kv._").unwrap_or(0),
+            count("Counters", "consul.raft.verify_leader").unwrap_or(0),
+        ))
+    }
+
+    /// Requests per call the agent counts for `run` (`calls` calls): `(GET /v1/kv requests,
+    /// leader checks)`. `run` goes at the start of one of the agent's 10-second metrics
+    /// intervals, and the counts are read once that interval has closed; `(NaN, NaN)` when
+    /// the metrics cannot be read or `run` does not fit in one interval (3 tries).
+    async fn counted_reads<F, Fut>(&self, calls: usize, mut run: F) -> (f64, f64)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Sample>,
+    {
+        const INTERVAL: f64 = 10.0;
+        let now = || {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64()
+        };
+        for _ in 0..3 {
+            let into = now() % INTERVAL;
+            if into > 1.0 {
+                tokio::time::sleep(Duration::from_secs_f64(INTERVAL - into + 0.05)).await;
+            }
+            let start = (now() / INTERVAL).floor() * INTERVAL;
+            let ops = run().await.ops;
+            assert_eq!(ops, calls);
+            if now() >= start + INTERVAL {
+                continue;
+            }
+            tokio::time::sleep(Duration::from_secs_f64(start + INTERVAL + 0.3 - now())).await;
+            let day_start = start as u64 % 86_400;
+            for _ in 0..50 {
+                match self.metrics_interval().await {
+                    Some((at, gets, checks)) if at == day_start => {
+                        return (gets as f64 / calls as f64, checks as f64 / calls as f64);
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        }
+        (f64::NAN, f64::NAN)
+    }
 }
 
-async fn kv_run(
-    store: &Arc<ConsulStore>,
-    keys: &Arc<Keys>,
-    op: Op,
-    n: usize,
-    tasks: usize,
-) -> Sample {
-    let (store, keys) = (store.clone(), keys.clone());
+/// The two kv stores of the bench, on the same agent and prefix: one with kv's default
+/// (linearizable) reads, one opened with `consistency=stale`.
+struct Stores {
+    linearizable: Arc<ConsulStore>,
+    stale: Arc<ConsulStore>,
+}
+
+impl Stores {
+    /// Opened afresh for each workload and dropped after it: the agent accepts at most 200
+    /// connections per client address (`limits.http_max_conns_per_client`), and the pools of
+    /// three 64-task clients kept idle between workloads come close enough to that limit for the
+    /// agent to reset new connections.
+    async fn open(addr: &str) -> Stores {
+        let open = |options: &'static str| async move {
+            Arc::new(
+                ConsulStore::from_url(&format!("consul://{addr}/bench-vs-raw{options}"))
+                    .await
+                    .expect("connect kv"),
+            )
+        };
+        Stores {
+            linearizable: open("").await,
+            stale: open("?consistency=stale").await,
+        }
+    }
+
+    async fn close(self) {
+        self.linearizable.close().await.ok();
+        self.stale.close().await.ok();
+    }
+}
+
+async fn kv_run(stores: &Stores, keys: &Arc<Keys>, op: Op, n: usize, tasks: usize) -> Sample {
+    let store = match op {
+        Op::GetStale => stores.stale.clone(),
+        _ => stores.linearizable.clone(),
+    };
+    let keys = keys.clone();
     bench::par(n, tasks, move |t, i| {
         let store = store.clone();
         let key = format!("kv/{}", keys.next(op, t, i));
@@ -148,7 +264,7 @@ async fn kv_run(
                         .await
                         .unwrap();
                 }
-                Op::Get => {
+                Op::Get | Op::GetStale => {
                     assert_eq!(store.get(&key).await.unwrap().value.len(), 100);
                 }
             }
@@ -167,7 +283,8 @@ async fn raw_run(raw: &Arc<Raw>, keys: &Arc<Keys>, op: Op, n: usize, tasks: usiz
                 Op::PutNew | Op::Put => raw.put(&key).await,
                 Op::Delete => raw.delete(&key).await,
                 Op::TxnPut => raw.txn_put(&key).await,
-                Op::Get => raw.get(&key).await,
+                Op::Get => raw.get(&key, "consistent").await,
+                Op::GetStale => raw.get(&key, "stale").await,
             }
         }
     })
@@ -188,11 +305,6 @@ async fn main() {
         return;
     };
     let addr = addrs.split(',').next().unwrap_or_default().to_string();
-    let store = Arc::new(
-        ConsulStore::from_url(&format!("consul://{addr}/bench-vs-raw"))
-            .await
-            .expect("connect kv"),
-    );
     // The client settings kv-consul uses.
     let raw = Arc::new(Raw {
         client: reqwest::Client::builder()
@@ -217,7 +329,9 @@ async fn main() {
     };
     // The keys the get workloads read.
     let (kv_keys, raw_keys) = (Arc::new(Keys::default()), Arc::new(Keys::default()));
-    kv_run(&store, &kv_keys, Op::Put, TASKS * 50, TASKS).await;
+    let stores = Stores::open(&addr).await;
+    kv_run(&stores, &kv_keys, Op::Put, TASKS * 50, TASKS).await;
+    stores.close().await;
     raw_run(&raw, &raw_keys, Op::Put, TASKS * 50, TASKS).await;
 
     println!(
@@ -225,25 +339,46 @@ async fn main() {
     );
     let report = Report::best_of_rounds();
     report.print_header();
-    // Raft entries for writes; reads make none, so they are not counted.
+    // Raft entries for writes; reads make none and are counted apart (`counted_reads`).
     let addr = addr.as_str();
+    let is_read = |op: Op| op == Op::Get || op == Op::GetStale;
     let count = move |op: Op| {
         move || {
-            if op == Op::Get {
+            if is_read(op) {
                 None
             } else {
                 kv_testkit::consul::raft_last_index(addr)
             }
         }
     };
+    // Per read mode and side: (GET /v1/kv requests, leader checks) per call.
+    let mut read_counts = Vec::new();
+    for op in [Op::Get, Op::GetStale] {
+        let calls = 2000;
+        let stores = Stores::open(addr).await;
+        let kv = raw
+            .counted_reads(calls, || kv_run(&stores, &kv_keys, op, calls, 1))
+            .await;
+        stores.close().await;
+        let rw = raw
+            .counted_reads(calls, || raw_run(&raw, &raw_keys, op, calls, 1))
+            .await;
+        read_counts.push((op, kv, rw));
+    }
+    let reads = |op: Op| {
+        let (_, kv, rw) = read_counts.iter().find(|(o, ..)| *o == op).unwrap();
+        ((kv.0, rw.0), (kv.1, rw.1))
+    };
     for (name, op, tasks) in [
         ("sequential put, new key", Op::PutNew, 1),
         ("sequential put, overwrite", Op::Put, 1),
-        ("sequential get", Op::Get, 1),
+        ("sequential get (linearizable)", Op::Get, 1),
+        ("sequential get (stale)", Op::GetStale, 1),
         ("sequential delete", Op::Delete, 1),
         ("64-task put, new key", Op::PutNew, TASKS),
         ("64-task put, overwrite", Op::Put, TASKS),
-        ("64-task get", Op::Get, TASKS),
+        ("64-task get (linearizable)", Op::Get, TASKS),
+        ("64-task get (stale)", Op::GetStale, TASKS),
         ("64-task delete", Op::Delete, TASKS),
         ("sequential put, overwrite (raw: /v1/txn)", Op::TxnPut, 1),
         ("64-task put, overwrite (raw: /v1/txn)", Op::TxnPut, TASKS),
@@ -252,14 +387,40 @@ async fn main() {
             continue;
         }
         let n = bench::round_to_tasks(n, tasks);
+        // Fresh stores (see `Stores::open`), their pool filled outside the measurement by
+        // reads on the store the workload uses.
+        let stores = Stores::open(addr).await;
+        let warm = if op == Op::GetStale { op } else { Op::Get };
+        kv_run(
+            &stores,
+            &kv_keys,
+            warm,
+            bench::round_to_tasks(TASKS, tasks),
+            tasks,
+        )
+        .await;
         let samples = bench::alternate(
             rounds,
-            || bench::counted(count(op), kv_run(&store, &kv_keys, op, n, tasks)),
+            || bench::counted(count(op), kv_run(&stores, &kv_keys, op, n, tasks)),
             || bench::counted(count(op), raw_run(&raw, &raw_keys, op, n, tasks)),
         )
         .await;
-        report.best_of_rounds_row(name, &samples);
+        if is_read(op) {
+            report.best_of_rounds_row_with_requests(name, &samples, reads(op).0);
+        } else {
+            report.best_of_rounds_row(name, &samples);
+        }
+        stores.close().await;
     }
-    store.delete_tree("").await.ok();
-    store.close().await.ok();
+    for (name, op) in [("linearizable", Op::Get), ("stale", Op::GetStale)] {
+        let ((kv_gets, raw_gets), (kv_checks, raw_checks)) = reads(op);
+        println!(
+            "get ({name}), counted by the agent over 2000 sequential calls: GET /v1/kv \
+             requests per call kv {kv_gets:.2} / raw {raw_gets:.2}, raft leader checks \
+             (consul.raft.verify_leader) per call kv {kv_checks:.2} / raw {raw_checks:.2}"
+        );
+    }
+    let stores = Stores::open(addr).await;
+    stores.linearizable.delete_tree("").await.ok();
+    stores.close().await;
 }

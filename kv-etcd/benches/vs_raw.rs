@@ -1,5 +1,8 @@
 //! kv-etcd versus raw etcd-client: sequential and 64-task concurrent put of new keys, put over
-//! existing keys, get and delete of 100-byte values. Uses `KV_ETCD_ENDPOINTS` if set (a member
+//! existing keys, get and delete of 100-byte values. Gets compare like with like: **get
+//! (linearizable)** is kv's default get against etcd-client's default (linearizable) range
+//! request, **get (stale)** is a kv store opened with `consistency=stale` against a
+//! serializable range request (`GetOptions::with_serializable`). Uses `KV_ETCD_ENDPOINTS` if set (a member
 //! on 127.0.0.1: its `/metrics` is read), else starts its own etcd (kv_testkit).
 //! `KV_BENCH_N` operations per measurement (default 2000; `KV_BENCH_ONLY` picks workloads by
 //! name, and a delete row needs its new-key row); each figure is the best of
@@ -12,7 +15,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use etcd_client::Client;
+use etcd_client::{Client, GetOptions};
 use kv_core::{PutOptions, Store};
 use kv_etcd::EtcdStore;
 use kv_testkit::bench::{self, Report, Sample};
@@ -21,13 +24,16 @@ const TASKS: usize = 64;
 
 static VALUE: [u8; 100] = [b'x'; 100];
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 enum Op {
     /// Put of a key nobody wrote before.
     PutNew,
     /// Put over an existing key.
     Overwrite,
+    /// Linearizable get: kv's default, raw etcd-client's default range request.
     Get,
+    /// Stale get: kv with `consistency=stale`, raw serializable range request.
+    GetStale,
     /// Delete of a key a `PutNew` run created.
     Delete,
 }
@@ -45,19 +51,24 @@ impl Keys {
         match op {
             Op::PutNew => format!("bench/new/{}", self.created.fetch_add(1, Ordering::Relaxed)),
             Op::Delete => format!("bench/new/{}", self.deleted.fetch_add(1, Ordering::Relaxed)),
-            Op::Overwrite | Op::Get => format!("bench/old/{t}/{i}"),
+            Op::Overwrite | Op::Get | Op::GetStale => format!("bench/old/{t}/{i}"),
         }
     }
 }
 
-async fn kv_run(
-    store: &Arc<EtcdStore>,
-    keys: &Arc<Keys>,
-    op: Op,
-    n: usize,
-    tasks: usize,
-) -> Sample {
-    let (store, keys) = (store.clone(), keys.clone());
+/// The two kv stores of the bench, on the same member: one with kv's default (linearizable)
+/// reads, one opened with `consistency=stale`.
+struct Stores {
+    linearizable: Arc<EtcdStore>,
+    stale: Arc<EtcdStore>,
+}
+
+async fn kv_run(stores: &Stores, keys: &Arc<Keys>, op: Op, n: usize, tasks: usize) -> Sample {
+    let store = match op {
+        Op::GetStale => stores.stale.clone(),
+        _ => stores.linearizable.clone(),
+    };
+    let keys = keys.clone();
     bench::par(n, tasks, move |t, i| {
         let store = store.clone();
         let key = keys.next(op, t, i);
@@ -69,7 +80,7 @@ async fn kv_run(
                         .await
                         .unwrap();
                 }
-                Op::Get => {
+                Op::Get | Op::GetStale => {
                     store.get(&key).await.unwrap();
                 }
                 Op::Delete => store.delete(&key).await.unwrap(),
@@ -89,8 +100,9 @@ async fn raw_run(client: &Client, keys: &Arc<Keys>, op: Op, n: usize, tasks: usi
                 Op::PutNew | Op::Overwrite => {
                     kv.put(key, VALUE.as_slice(), None).await.unwrap();
                 }
-                Op::Get => {
-                    let r = kv.get(key, None).await.unwrap();
+                Op::Get | Op::GetStale => {
+                    let opts = (op == Op::GetStale).then(|| GetOptions::new().with_serializable());
+                    let r = kv.get(key, opts).await.unwrap();
                     assert_eq!(r.kvs().len(), 1);
                 }
                 Op::Delete => {
@@ -122,6 +134,14 @@ async fn main() {
             .await
             .expect("connect kv"),
     );
+    let stores = Stores {
+        linearizable: store.clone(),
+        stale: Arc::new(
+            EtcdStore::from_url(&format!("etcd://{endpoint}?consistency=stale"))
+                .await
+                .expect("connect kv (stale)"),
+        ),
+    };
     let client = Client::connect([format!("http://{endpoint}")], None)
         .await
         .expect("connect raw");
@@ -129,7 +149,7 @@ async fn main() {
     // The keys overwrites and gets use (every (task, i) of both shapes), and a warm-up.
     for tasks in [1, TASKS] {
         let n = bench::round_to_tasks(n, tasks);
-        kv_run(&store, &kv_keys, Op::Overwrite, n, tasks).await;
+        kv_run(&stores, &kv_keys, Op::Overwrite, n, tasks).await;
         raw_run(&client, &raw_keys, Op::Overwrite, n, tasks).await;
     }
     println!(
@@ -142,11 +162,13 @@ async fn main() {
     for (name, op, tasks) in [
         ("sequential put, new key", Op::PutNew, 1),
         ("sequential put, overwrite", Op::Overwrite, 1),
-        ("sequential get", Op::Get, 1),
+        ("sequential get (linearizable)", Op::Get, 1),
+        ("sequential get (stale)", Op::GetStale, 1),
         ("sequential delete", Op::Delete, 1),
         ("64-task put, new key", Op::PutNew, TASKS),
         ("64-task put, overwrite", Op::Overwrite, TASKS),
-        ("64-task get", Op::Get, TASKS),
+        ("64-task get (linearizable)", Op::Get, TASKS),
+        ("64-task get (stale)", Op::GetStale, TASKS),
         ("64-task delete", Op::Delete, TASKS),
     ] {
         if !bench::selected(name) {
@@ -155,7 +177,7 @@ async fn main() {
         let n = bench::round_to_tasks(n, tasks);
         let samples = bench::alternate(
             rounds,
-            || bench::counted(count, kv_run(&store, &kv_keys, op, n, tasks)),
+            || bench::counted(count, kv_run(&stores, &kv_keys, op, n, tasks)),
             || bench::counted(count, raw_run(&client, &raw_keys, op, n, tasks)),
         )
         .await;
@@ -163,5 +185,6 @@ async fn main() {
     }
     store.delete_tree("bench").await.ok();
     store.delete_tree("raw").await.ok();
+    stores.stale.close().await.ok();
     store.close().await.ok();
 }

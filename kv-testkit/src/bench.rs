@@ -310,9 +310,20 @@ impl Report {
 
     /// Prints the row of workload `name` of a [`Report::best_of_rounds`] table.
     pub fn best_of_rounds_row(&self, name: &str, rounds: &Rounds) {
+        self.best_of_rounds_row_with_requests(name, rounds, rounds.requests_per_op());
+    }
+
+    /// [`Report::best_of_rounds_row`] with the requests per operation `(kv, raw)` measured
+    /// apart from the timed rounds (for a server counter that cannot be read around each run,
+    /// e.g. Consul's per-interval metrics; `NaN` prints as `–`).
+    pub fn best_of_rounds_row_with_requests(
+        &self,
+        name: &str,
+        rounds: &Rounds,
+        (kv_req, raw_req): (f64, f64),
+    ) {
         let (kv, raw) = rounds.best_rates();
         let (kv_cpu, raw_cpu) = rounds.cpu_us_per_op();
-        let (kv_req, raw_req) = rounds.requests_per_op();
         self.row(
             name,
             kv,

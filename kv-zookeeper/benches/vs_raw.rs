@@ -8,16 +8,19 @@
 //!
 //! Workloads, 100-byte values, sequential and with 64 concurrent tasks (one session shared by
 //! all tasks on each side): put of a **new** key (raw: `create`), put over an existing key
-//! (raw: `setData`), get (raw: `getData`) and delete of a key the new-key rows created (raw:
-//! `delete`). Each row gives the best round of each side, the median of the per-round kv ÷ raw
-//! ratios, client CPU per call, and requests per call as the server counted them (`mntr`
-//! `zk_packets_received` read before and after every run), so a change in round trips shows
-//! whatever the machine's noise.
+//! (raw: `setData`), get and delete of a key the new-key rows created (raw: `delete`). Gets
+//! compare like with like: **get (linearizable)** is kv's default get (a `sync` pipelined
+//! with the `getData`) against the raw client sending the same `sync` and `getData` together
+//! (one round trip), **get (stale)** is a kv store opened with `consistency=stale` (the
+//! `getData` alone) against a plain raw `getData`. Each row gives the best round of each side,
+//! the median of the per-round kv ÷ raw ratios, client CPU per call, and requests per call as
+//! the server counted them (`mntr` `zk_packets_received` read before and after every run), so a
+//! change in round trips shows whatever the machine's noise.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use kv_core::{PutOptions, Store};
+use kv_core::{Consistency, PutOptions, Store};
 use kv_testkit::bench::{self, Report, Sample};
 use kv_zookeeper::{ZkConfig, ZkStore};
 use zookeeper_client::{Acls, Client, CreateMode};
@@ -32,7 +35,10 @@ enum Op {
     PutNew,
     /// Put over an existing key.
     Overwrite,
+    /// Linearizable get: kv's default (`sync` + `getData`), raw `sync` + `getData` pipelined.
     Get,
+    /// Stale get: kv with `consistency=stale`, raw `getData` alone.
+    GetStale,
     /// Delete of a key a `PutNew` run created.
     Delete,
 }
@@ -56,8 +62,19 @@ impl Keys {
     }
 }
 
-async fn kv_run(s: &Arc<ZkStore>, keys: &Arc<Keys>, op: Op, n: usize, tasks: usize) -> Sample {
-    let (s, keys) = (s.clone(), keys.clone());
+/// The two kv stores of the bench, on the same server and namespace: one with kv's default
+/// (linearizable) reads, one opened with `consistency=stale`.
+struct Stores {
+    linearizable: Arc<ZkStore>,
+    stale: Arc<ZkStore>,
+}
+
+async fn kv_run(st: &Stores, keys: &Arc<Keys>, op: Op, n: usize, tasks: usize) -> Sample {
+    let s = match op {
+        Op::GetStale => st.stale.clone(),
+        _ => st.linearizable.clone(),
+    };
+    let keys = keys.clone();
     bench::par(n, tasks, move |t, i| {
         let key = keys.next(op, t, i, tasks);
         let s = s.clone();
@@ -66,7 +83,7 @@ async fn kv_run(s: &Arc<ZkStore>, keys: &Arc<Keys>, op: Op, n: usize, tasks: usi
                 Op::PutNew | Op::Overwrite => {
                     s.put(&key, &VALUE, PutOptions::default()).await.unwrap();
                 }
-                Op::Get => {
+                Op::Get | Op::GetStale => {
                     s.get(&key).await.unwrap();
                 }
                 Op::Delete => s.delete(&key).await.unwrap(),
@@ -91,6 +108,16 @@ async fn raw_run(c: &Client, keys: &Arc<Keys>, op: Op, n: usize, tasks: usize) -
                     c.set_data(&path, &VALUE, None).await.unwrap();
                 }
                 Op::Get => {
+                    // What kv's default get sends, the way it sends it: the `sync` goes out
+                    // when called, the `getData` when the joined future first polls it, so
+                    // both are pipelined and the server answers the read after the `sync`.
+                    let synced = c.sync(&path);
+                    let read = async { c.get_data(&path).await };
+                    let (s, r) = futures::join!(synced, read);
+                    s.unwrap();
+                    r.unwrap();
+                }
+                Op::GetStale => {
                     c.get_data(&path).await.unwrap();
                 }
                 Op::Delete => c.delete(&path, None).await.unwrap(),
@@ -119,6 +146,18 @@ async fn main() {
             .await
             .unwrap(),
     );
+    let stores = Stores {
+        linearizable: store.clone(),
+        stale: Arc::new(
+            ZkStore::connect(
+                ZkConfig::new(&ep)
+                    .namespace("/bench-kv")
+                    .consistency(Consistency::Stale),
+            )
+            .await
+            .unwrap(),
+        ),
+    };
     let raw = Client::connect(&ep).await.unwrap();
     let opts = CreateMode::Persistent.with_acls(Acls::anyone_all());
     raw.mkdir("/bench-raw/old", &opts).await.unwrap();
@@ -145,12 +184,10 @@ async fn main() {
             .await
             .unwrap();
     }
-    kv_run(&store, &kv_keys, Op::PutNew, 200, 1).await;
-    raw_run(&raw, &raw_keys, Op::PutNew, 200, 1).await;
-    kv_run(&store, &kv_keys, Op::Delete, 200, 1).await;
-    raw_run(&raw, &raw_keys, Op::Delete, 200, 1).await;
-    kv_run(&store, &kv_keys, Op::Overwrite, 200, 1).await;
-    raw_run(&raw, &raw_keys, Op::Overwrite, 200, 1).await;
+    for op in [Op::PutNew, Op::Delete, Op::Overwrite, Op::Get, Op::GetStale] {
+        kv_run(&stores, &kv_keys, op, 200, 1).await;
+        raw_run(&raw, &raw_keys, op, 200, 1).await;
+    }
 
     println!(
         "kv-zookeeper vs zookeeper-client, server {ep}: N = {n} ops per workload in {rounds} rounds, \
@@ -162,11 +199,13 @@ async fn main() {
     for (name, op, tasks) in [
         ("sequential put, new key", Op::PutNew, 1),
         ("sequential put, overwrite", Op::Overwrite, 1),
-        ("sequential get", Op::Get, 1),
+        ("sequential get (linearizable)", Op::Get, 1),
+        ("sequential get (stale)", Op::GetStale, 1),
         ("sequential delete", Op::Delete, 1),
         ("64-task put, new key", Op::PutNew, TASKS),
         ("64-task put, overwrite", Op::Overwrite, TASKS),
-        ("64-task get", Op::Get, TASKS),
+        ("64-task get (linearizable)", Op::Get, TASKS),
+        ("64-task get (stale)", Op::GetStale, TASKS),
         ("64-task delete", Op::Delete, TASKS),
     ] {
         if !bench::selected(name) {
@@ -175,12 +214,13 @@ async fn main() {
         let m = bench::round_to_tasks((n / rounds).max(tasks), tasks);
         let samples = bench::alternate(
             rounds,
-            || bench::counted(count, kv_run(&store, &kv_keys, op, m, tasks)),
+            || bench::counted(count, kv_run(&stores, &kv_keys, op, m, tasks)),
             || bench::counted(count, raw_run(&raw, &raw_keys, op, m, tasks)),
         )
         .await;
         report.best_of_rounds_row(name, &samples);
     }
     let _ = store.delete_tree("").await;
+    stores.stale.close().await.unwrap();
     store.close().await.unwrap();
 }
