@@ -150,9 +150,9 @@ async fn main() {
         linearizable: store.clone(),
         stale: Arc::new(
             ZkStore::connect(
-                ZkConfig::new(&ep)
-                    .namespace("/bench-kv")
-                    .consistency(Consistency::Stale),
+                ZkConfig::new([&ep])
+                    .with_namespace("/bench-kv")
+                    .with_consistency(Consistency::Stale),
             )
             .await
             .unwrap(),
