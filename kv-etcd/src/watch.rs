@@ -86,6 +86,9 @@ impl EtcdFeed {
 #[async_trait]
 impl Feed for EtcdFeed {
     async fn read(&mut self) -> Result<(Vec<KvPair>, u64)> {
+        // Events the server sent for an older position must not follow this read: `next`
+        // registers again from the read's revision.
+        self.reg = None;
         let inner = &self.inner;
         let (pairs, rev) = match &self.target {
             Target::Key(key) => {

@@ -62,7 +62,9 @@ pub enum Update {
 #[async_trait]
 pub trait Feed: Send + 'static {
     /// The current pairs of the watched key (0 or 1) or subtree, and the cursor after which
-    /// changes are to be followed. Linearizable unless the store reads stale.
+    /// changes are to be followed. Linearizable unless the store reads stale. The engine calls
+    /// it again on `Resync` and after a reader overflow: whatever the feed had queued from
+    /// before must then be dropped, so that `next` yields only changes after this read.
     async fn read(&mut self) -> Result<(Vec<KvPair>, u64)>;
 
     /// Waits for the next change after `cursor`. An `Err` is retried by the engine (with the
