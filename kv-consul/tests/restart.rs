@@ -124,7 +124,12 @@ async fn frozen_server_gives_timeouts_then_recovers() {
     assert_eq!(next_ok(&mut w, Duration::from_secs(10)).await, None);
     consul.process.pause();
     let t0 = std::time::Instant::now();
-    let e = s.put("k", b"1", PutOptions::default()).await.unwrap_err();
+    // The frozen agent still holds this request in its socket buffer and may apply it after
+    // SIGCONT, racing the put below ("may or may not have happened"), so it goes to another key.
+    let e = s
+        .put("timed-out", b"1", PutOptions::default())
+        .await
+        .unwrap_err();
     assert!(matches!(e, kv_core::Error::Timeout { .. }), "{e:?}");
     assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
     let e = s.get("k").await.unwrap_err();

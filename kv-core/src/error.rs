@@ -131,6 +131,10 @@ pub enum Error {
         source: Option<BoxError>,
     },
     /// The call did not complete within the store's timeout.
+    ///
+    /// A write that timed out may or may not have happened, and may still happen after this
+    /// error is returned (the server can apply a request it already received once it recovers).
+    /// Read the key back, or guard the retry with `previous`, before assuming either.
     #[error("{operation} timed out after {after:?}")]
     Timeout {
         /// The call that timed out.
