@@ -1,7 +1,8 @@
 //! Linearizability under faults on a 3-member etcd cluster: six clients (two per member, each
 //! with its own store connected to that member only) do random put / get / compare-and-swap
-//! on a few keys while a nemesis SIGKILLs and restarts or SIGSTOPs and resumes members; every
-//! key's history must be linearizable. `KV_LIN_SECONDS` makes the run longer (default 15 s).
+//! on a few keys while a nemesis SIGKILLs and restarts, SIGSTOPs and resumes, or cuts off
+//! (nftables, [`kv_testkit::partition`]) members; every key's history must be linearizable.
+//! `KV_LIN_SECONDS` makes the run longer (default 15 s).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,7 +10,9 @@ use std::time::{Duration, Instant};
 use kv_core::{Consistency, Store};
 use kv_etcd::{EtcdConfig, EtcdStore};
 use kv_testkit::etcd::EtcdCluster;
-use kv_testkit::faults::{check_and_report, run_clients, run_seconds, Fault, Nemesis, Workload};
+use kv_testkit::faults::{
+    check_and_report, every_fault, run_clients, run_seconds, Nemesis, Workload,
+};
 
 async fn connect(endpoint: String, ns: &str, consistency: Consistency) -> Arc<dyn Store> {
     let cfg = EtcdConfig::new([endpoint.clone()])
@@ -24,7 +27,7 @@ async fn connect(endpoint: String, ns: &str, consistency: Consistency) -> Arc<dy
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn default_reads_are_linearizable_under_kills_and_pauses() {
+async fn default_reads_are_linearizable_under_kills_pauses_and_partitions() {
     let Some(mut cluster) = EtcdCluster::start().await else {
         return;
     };
@@ -42,7 +45,7 @@ async fn default_reads_are_linearizable_under_kills_and_pauses() {
         seed: 0x13e7,
     };
     let nemesis = Nemesis {
-        faults: vec![Fault::Kill, Fault::Pause],
+        faults: every_fault(&cluster.partitions_unavailable),
         targets: vec![0, 1, 2],
         gap_ms: (300, 800),
         hold_ms: (400, 1500),
@@ -76,4 +79,64 @@ async fn default_reads_are_linearizable_under_kills_and_pauses() {
         summary.violations, 0,
         "non-linearizable histories (printed above)"
     );
+}
+
+/// The partition is real: cut off, the leader loses its followers and another member is
+/// elected while the cut-off one still answers its clients; healed, it rejoins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_cuts_the_leader_off() {
+    let Some(mut cluster) = EtcdCluster::start().await else {
+        return;
+    };
+    if let Some(why) = &cluster.partitions_unavailable {
+        every_fault(&cluster.partitions_unavailable);
+        eprintln!("NOTE: partition test not run: {why}");
+        return;
+    }
+    let old = cluster.leader(Duration::from_secs(60)).await;
+    let cut = connect(
+        cluster.members[old].endpoint(),
+        "cut",
+        Consistency::Linearizable,
+    )
+    .await;
+    cluster.members[old].isolate();
+    let started = Instant::now();
+    let new = loop {
+        let found = (0..3).find(|&i| i != old && cluster.members[i].is_leader());
+        if let Some(i) = found {
+            break i;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no new leader within 60 s of cutting member {old} off"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!(
+        "member {old} cut off: member {new} leads after {:?}",
+        started.elapsed()
+    );
+    // The cut-off member cannot commit: a write through it fails (bounded by the timeout).
+    let r = cut.put("k", b"v", kv_core::PutOptions::default()).await;
+    assert!(
+        r.is_err(),
+        "a write through the cut-off member succeeded: {r:?}"
+    );
+    cluster.members[old].heal();
+    let after = Instant::now();
+    kv_testkit::wait_until(
+        "the healed member to serve writes",
+        Duration::from_secs(60),
+        || {
+            let s = cut.clone();
+            async move { s.put("k", b"v2", kv_core::PutOptions::default()).await.ok() }
+        },
+    )
+    .await;
+    println!(
+        "healed: a write through member {old} after {:?}",
+        after.elapsed()
+    );
+    let _ = cut.close().await;
 }

@@ -17,8 +17,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::partition::Partitions;
 use crate::{free_port, log_tail, require_binary, temp_dir, ServerProcess};
 
 /// Install hint printed when etcd is missing.
@@ -109,6 +111,8 @@ pub struct EtcdServer {
     /// Log file.
     pub log: PathBuf,
     process: ServerProcess,
+    /// The cluster's partition controls and this member's index, when partitionable.
+    net: Option<(Arc<Partitions>, usize)>,
     options: EtcdOptions,
     initial_cluster: String,
     cluster_token: String,
@@ -180,6 +184,7 @@ impl EtcdServer {
             data_dir: dir.path().join("data"),
             log: dir.path().join("etcd.log"),
             process: ServerProcess::not_started(&format!("etcd {name}")),
+            net: None,
             options,
             initial_cluster,
             cluster_token,
@@ -245,6 +250,9 @@ impl EtcdServer {
             if k.to_string_lossy().starts_with("ETCD_") {
                 cmd.env_remove(k);
             }
+        }
+        if let Some((p, i)) = &self.net {
+            p.join(*i, &mut cmd);
         }
         self.process = ServerProcess::spawn(
             &format!("etcd {}", self.name),
@@ -320,6 +328,25 @@ impl EtcdServer {
         self.kill();
         self.spawn("existing");
     }
+
+    /// Cuts this cluster member off from the other members (clients still reach it); panics
+    /// when the cluster has no partition controls.
+    pub fn isolate(&self) {
+        let (p, i) = self
+            .net
+            .as_ref()
+            .expect("not a cluster member with partitions");
+        p.isolate(*i)
+    }
+
+    /// Undoes [`EtcdServer::isolate`] (every link of the cluster works again).
+    pub fn heal(&self) {
+        let (p, _) = self
+            .net
+            .as_ref()
+            .expect("not a cluster member with partitions");
+        p.heal()
+    }
 }
 
 process_controls!(EtcdServer);
@@ -372,6 +399,8 @@ impl Drop for EtcdServer {
 pub struct EtcdCluster {
     /// The members, `n1`, `n2`, `n3`.
     pub members: Vec<EtcdServer>,
+    /// Why members cannot be partitioned on this machine, if they cannot.
+    pub partitions_unavailable: Option<String>,
 }
 
 impl EtcdCluster {
@@ -389,18 +418,29 @@ impl EtcdCluster {
             .collect::<Vec<_>>()
             .join(",");
         let token = format!("kv-test-{}-{}", std::process::id(), peers[0]);
+        let (partitions, partitions_unavailable) =
+            match Partitions::new(peers.iter().map(|p| vec![*p]).collect()) {
+                Ok(p) => (Some(Arc::new(p)), None),
+                Err(why) => {
+                    eprintln!("NOTE: etcd cluster without partitions: {why}");
+                    (None, Some(why))
+                }
+            };
         let mut members: Vec<EtcdServer> = names
             .iter()
             .zip(&peers)
-            .map(|(n, p)| {
-                EtcdServer::new(
+            .enumerate()
+            .map(|(i, (n, p))| {
+                let mut m = EtcdServer::new(
                     n,
                     temp_dir(&format!("etcd-{n}")),
                     *p,
                     initial_cluster.clone(),
                     token.clone(),
                     EtcdOptions::default(),
-                )
+                );
+                m.net = partitions.clone().map(|p| (p, i));
+                m
             })
             .collect();
         for m in &mut members {
@@ -409,7 +449,10 @@ impl EtcdCluster {
         for m in &mut members {
             m.wait_healthy().await;
         }
-        Some(EtcdCluster { members })
+        Some(EtcdCluster {
+            members,
+            partitions_unavailable,
+        })
     }
 
     /// Client endpoints of every member, comma-separated (`127.0.0.1:P1,127.0.0.1:P2,...`).

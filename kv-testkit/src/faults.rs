@@ -178,6 +178,10 @@ pub trait Member {
     fn pause(&self);
     /// SIGCONT.
     fn resume(&self);
+    /// Cuts it off from the other members (clients still reach it).
+    fn isolate(&self);
+    /// Undoes [`Member::isolate`].
+    fn heal(&self);
 }
 
 impl Member for crate::etcd::EtcdServer {
@@ -193,6 +197,12 @@ impl Member for crate::etcd::EtcdServer {
     }
     fn resume(&self) {
         crate::etcd::EtcdServer::resume(self)
+    }
+    fn isolate(&self) {
+        crate::etcd::EtcdServer::isolate(self)
+    }
+    fn heal(&self) {
+        crate::etcd::EtcdServer::heal(self)
     }
 }
 
@@ -210,6 +220,12 @@ impl Member for crate::zookeeper::ZkServer {
     fn resume(&self) {
         crate::zookeeper::ZkServer::resume(self)
     }
+    fn isolate(&self) {
+        crate::zookeeper::ZkServer::isolate(self)
+    }
+    fn heal(&self) {
+        crate::zookeeper::ZkServer::heal(self)
+    }
 }
 
 /// A kind of fault.
@@ -219,6 +235,24 @@ pub enum Fault {
     Kill,
     /// SIGSTOP, then SIGCONT after the hold time.
     Pause,
+    /// Cut the member off from the others (nftables, see [`crate::partition`]), then heal.
+    Partition,
+}
+
+/// Kill, pause and, where this machine can make them, partitions (`unavailable` is the
+/// cluster's reason why not). Without partitions it prints a loud note, and panics when
+/// servers are required (CI): a run there must not quietly lose a fault kind.
+pub fn every_fault(unavailable: &Option<String>) -> Vec<Fault> {
+    match unavailable {
+        None => vec![Fault::Kill, Fault::Pause, Fault::Partition],
+        Some(why) if crate::servers_required() => {
+            panic!("partitions are required here but unavailable: {why}")
+        }
+        Some(why) => {
+            eprintln!("NOTE: NO PARTITIONS in this run (kill and pause only): {why}");
+            vec![Fault::Kill, Fault::Pause]
+        }
+    }
 }
 
 /// What the nemesis did.
@@ -228,12 +262,16 @@ pub struct NemesisReport {
     pub kills: usize,
     /// Members paused and resumed.
     pub pauses: usize,
+    /// Members cut off and reconnected.
+    pub partitions: usize,
+    /// What happened when (ms since the run started), printed with a violation.
+    pub log: Vec<String>,
 }
 
 impl NemesisReport {
     /// Faults injected in all.
     pub fn total(&self) -> usize {
-        self.kills + self.pauses
+        self.kills + self.pauses + self.partitions
     }
 }
 
@@ -257,6 +295,8 @@ impl Nemesis {
     /// Injects faults until `until`; every fault is healed before it returns.
     pub async fn run<M: Member>(&self, members: &mut [M], until: Instant) -> NemesisReport {
         let mut rng = StdRng::seed_from_u64(self.seed);
+        let start = Instant::now();
+        let at = || start.elapsed().as_millis();
         let mut report = NemesisReport::default();
         let wait = |ms: u64| {
             let at = (Instant::now() + Duration::from_millis(ms)).min(until);
@@ -273,15 +313,29 @@ impl Nemesis {
                 Fault::Kill => {
                     members[m].kill();
                     report.kills += 1;
+                    report.log.push(format!("{} ms: kill member {m}", at()));
                     // The hold ends at `until` at the latest; the restart always happens.
                     wait(hold).await;
                     members[m].start_and_wait().await;
+                    report
+                        .log
+                        .push(format!("{} ms: member {m} serves again", at()));
                 }
                 Fault::Pause => {
                     members[m].pause();
                     report.pauses += 1;
+                    report.log.push(format!("{} ms: pause member {m}", at()));
                     wait(hold).await;
                     members[m].resume();
+                    report.log.push(format!("{} ms: resume member {m}", at()));
+                }
+                Fault::Partition => {
+                    members[m].isolate();
+                    report.partitions += 1;
+                    report.log.push(format!("{} ms: cut member {m} off", at()));
+                    wait(hold).await;
+                    members[m].heal();
+                    report.log.push(format!("{} ms: heal member {m}", at()));
                 }
             }
         }
@@ -318,14 +372,21 @@ pub fn check_and_report(
             }
         }
     });
+    if summary.violations > 0 {
+        eprintln!("{what}: the nemesis's log:");
+        for line in &nemesis.log {
+            eprintln!("    {line}");
+        }
+    }
     println!(
-        "linearizability {what}: {} histories checked, {} operations ({} unknown outcome), {} faults injected ({} kill, {} pause), {} violations, {} undecided, {:.1} s",
+        "linearizability {what}: {} histories checked, {} operations ({} unknown outcome), {} faults injected ({} kill, {} pause, {} partition), {} violations, {} undecided, {:.1} s",
         summary.histories,
         summary.operations,
         summary.unknown,
         nemesis.total(),
         nemesis.kills,
         nemesis.pauses,
+        nemesis.partitions,
         summary.violations,
         summary.undecided,
         elapsed.as_secs_f64()

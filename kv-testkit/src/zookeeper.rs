@@ -12,8 +12,10 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::partition::Partitions;
 use crate::{free_port, log_tail, require_binary, temp_dir, ServerProcess};
 
 /// The ZooKeeper server jar of the Debian package.
@@ -179,6 +181,8 @@ pub struct ZkServer {
     cfg: PathBuf,
     log: PathBuf,
     process: ServerProcess,
+    /// The ensemble's partition controls and this member's index, when partitionable.
+    net: Option<(Arc<Partitions>, usize)>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -243,6 +247,7 @@ impl ZkServer {
             log: tmp.path().join("zk.log"),
             cfg,
             process: ServerProcess::not_started("zookeeper"),
+            net: None,
             _tmp: Some(tmp),
         };
         s.spawn();
@@ -261,6 +266,9 @@ impl ZkServer {
             .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
             .arg(&self.cfg)
             .current_dir(&self.dir);
+        if let Some((p, i)) = &self.net {
+            p.join(*i, &mut cmd);
+        }
         self.process = ServerProcess::spawn("zookeeper", cmd, Some(&self.log));
     }
 
@@ -328,6 +336,25 @@ impl ZkServer {
         self.start_again();
         self.wait_serving().await;
     }
+
+    /// Cuts this ensemble member off from the other members (clients still reach it); panics
+    /// when the ensemble has no partition controls.
+    pub fn isolate(&self) {
+        let (p, i) = self
+            .net
+            .as_ref()
+            .expect("not an ensemble member with partitions");
+        p.isolate(*i)
+    }
+
+    /// Undoes [`ZkServer::isolate`] (every link of the ensemble works again).
+    pub fn heal(&self) {
+        let (p, _) = self
+            .net
+            .as_ref()
+            .expect("not an ensemble member with partitions");
+        p.heal()
+    }
 }
 
 process_controls!(ZkServer);
@@ -336,6 +363,8 @@ process_controls!(ZkServer);
 pub struct ZkEnsemble {
     /// The members, index 0..3 (`myid` = index + 1).
     pub nodes: Vec<ZkServer>,
+    /// Why members cannot be partitioned on this machine, if they cannot.
+    pub partitions_unavailable: Option<String>,
     _tmp: tempfile::TempDir,
 }
 
@@ -345,9 +374,18 @@ impl ZkEnsemble {
         let java = require_zookeeper()?;
         let tmp = temp_dir("zk-ensemble");
         let options = ZkOptions::default();
-        let quorum: Vec<String> = (0..3)
-            .map(|_| format!("127.0.0.1:{}:{}", free_port(), free_port()))
+        let peer_ports: Vec<Vec<u16>> = (0..3).map(|_| vec![free_port(), free_port()]).collect();
+        let quorum: Vec<String> = peer_ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{}:{}", p[0], p[1]))
             .collect();
+        let (partitions, partitions_unavailable) = match Partitions::new(peer_ports) {
+            Ok(p) => (Some(Arc::new(p)), None),
+            Err(why) => {
+                eprintln!("NOTE: zookeeper ensemble without partitions: {why}");
+                (None, Some(why))
+            }
+        };
         let mut nodes = Vec::new();
         for i in 0..3 {
             let dir = tmp.path().join(format!("node{}", i + 1));
@@ -364,6 +402,7 @@ impl ZkEnsemble {
                 dir,
                 cfg,
                 process: ServerProcess::not_started("zookeeper"),
+                net: partitions.clone().map(|p| (p, i)),
                 _tmp: None,
             });
         }
@@ -373,7 +412,11 @@ impl ZkEnsemble {
         for n in nodes.iter_mut() {
             n.wait_serving().await;
         }
-        Some(ZkEnsemble { nodes, _tmp: tmp })
+        Some(ZkEnsemble {
+            nodes,
+            partitions_unavailable,
+            _tmp: tmp,
+        })
     }
 
     /// Comma-separated client endpoints of every node.

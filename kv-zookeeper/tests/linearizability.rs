@@ -1,7 +1,7 @@
 //! Linearizability under faults on a 3-node ZooKeeper ensemble. Clients (each its own store
 //! connected to one member only) do random put / get / compare-and-swap on a few keys while a
-//! nemesis SIGKILLs and restarts or SIGSTOPs and resumes members, and every key's history is
-//! checked. With default reads there must be no violation; with `consistency=stale` on a
+//! nemesis SIGKILLs and restarts, SIGSTOPs and resumes, or cuts off (nftables,
+//! [`kv_testkit::partition`]) members, and every key's history is checked. With default reads there must be no violation; with `consistency=stale` on a
 //! follower that the nemesis keeps freezing, the checker must find the stale reads.
 //! `KV_LIN_SECONDS` makes the default-read run longer (default 15 s).
 
@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kv_core::{Consistency, Store};
-use kv_testkit::faults::{check_and_report, run_clients, run_seconds, Fault, Nemesis, Workload};
+use kv_testkit::faults::{
+    check_and_report, every_fault, run_clients, run_seconds, Fault, Nemesis, Workload,
+};
 use kv_testkit::zookeeper::ZkEnsemble;
 use kv_zookeeper::{ZkConfig, ZkStore};
 
@@ -33,7 +35,7 @@ async fn close_all(stores: Vec<Arc<dyn Store>>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn default_reads_are_linearizable_under_kills_and_pauses() {
+async fn default_reads_are_linearizable_under_kills_pauses_and_partitions() {
     let Some(mut ens) = ZkEnsemble::start().await else {
         return;
     };
@@ -52,7 +54,7 @@ async fn default_reads_are_linearizable_under_kills_and_pauses() {
         seed: 0x2e7,
     };
     let nemesis = Nemesis {
-        faults: vec![Fault::Kill, Fault::Pause],
+        faults: every_fault(&ens.partitions_unavailable),
         targets: vec![0, 1, 2],
         gap_ms: (300, 800),
         hold_ms: (400, 1500),
@@ -144,4 +146,60 @@ async fn stale_reads_on_a_lagging_follower_are_caught() {
         }
     }
     assert!(found > 0, "the checker found no stale read in 3 attempts");
+}
+
+/// The partition is real: cut off, the leader stops serving and the other two elect a leader;
+/// healed, it rejoins and serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_cuts_the_leader_off() {
+    let Some(mut ens) = ZkEnsemble::start().await else {
+        return;
+    };
+    if let Some(why) = &ens.partitions_unavailable {
+        every_fault(&ens.partitions_unavailable);
+        eprintln!("NOTE: partition test not run: {why}");
+        return;
+    }
+    let old = ens.leader(Duration::from_secs(60)).await;
+    ens.nodes[old].isolate();
+    let started = Instant::now();
+    let new = loop {
+        let mut found = None;
+        for i in (0..3).filter(|&i| i != old) {
+            if mode(ens.nodes[i].port).await.as_deref() == Some("leader") {
+                found = Some(i);
+            }
+        }
+        if let Some(i) = found {
+            break i;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no new leader within 60 s of cutting node {old} off"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!(
+        "node {old} cut off: node {new} leads after {:?}",
+        started.elapsed()
+    );
+    kv_testkit::wait_until(
+        "the cut-off node to stop serving",
+        Duration::from_secs(60),
+        || {
+            let m = ens.nodes[old].mode();
+            async move { m.is_none().then_some(()) }
+        },
+    )
+    .await;
+    ens.nodes[old].heal();
+    ens.nodes[old].wait_serving().await;
+    println!("node {old} healed: {:?}", mode(ens.nodes[old].port).await);
+}
+
+/// The node's `Mode:` (off the async workers: a blocking four-letter-word call).
+async fn mode(port: u16) -> Option<String> {
+    tokio::task::spawn_blocking(move || kv_testkit::zookeeper::mode(port))
+        .await
+        .expect("mode probe panicked")
 }
