@@ -2,7 +2,7 @@
 //!
 //! Every member runs in a cgroup (v2) of its own; one nftables table on the output hook (all
 //! loopback traffic passes it once, in the sender) marks each connection a member opens to a
-//! peer port with that member's number (`ct mark`). Cutting member `i` off then drops, in both
+//! peer port (TCP or UDP) with that member's number (`ct mark`). Cutting member `i` off then drops, in both
 //! directions, every packet of a connection it opened, to any of its peer ports, or from them.
 //! Client ports stay open: clients connected to an isolated member keep talking to it, which is
 //! the case a partition test is about (a deposed leader still answering its clients).
@@ -154,7 +154,7 @@ impl Partitions {
         );
         for (i, m) in members.iter().enumerate() {
             script.push_str(&format!(
-                "  socket cgroupv2 level 1 \"{}\" tcp dport {} ct state new ct mark set {}\n",
+                "  socket cgroupv2 level 1 \"{}\" meta l4proto {{ tcp, udp }} th dport {} ct state new ct mark set {}\n",
                 m.nft_path,
                 ports(&all),
                 i + 1
@@ -201,8 +201,8 @@ impl Partitions {
         nft(&format!(
             "flush chain inet {t} cut\n\
              add rule inet {t} cut ct mark {} drop\n\
-             add rule inet {t} cut tcp dport {own} drop\n\
-             add rule inet {t} cut tcp sport {own} drop\n",
+             add rule inet {t} cut meta l4proto {{ tcp, udp }} th dport {own} drop\n\
+             add rule inet {t} cut meta l4proto {{ tcp, udp }} th sport {own} drop\n",
             i + 1
         ))
         .unwrap_or_else(|e| panic!("isolating member {i}: {e}"));
