@@ -268,3 +268,53 @@ async fn timing_helpers_can_fail() {
         "wait_for_state passed on an Err item"
     );
 }
+
+/// The lock checker of the fault runs (`kv_testkit::lockcheck`) passes a correct store and
+/// fails stores whose locks do not exclude or whose tokens repeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_checker_catches_broken_locks() {
+    use kv_testkit::lockcheck::{check, run_lock_clients, LockWorkload};
+    let fx = fixture();
+    for (bug, expect) in [
+        (Bug::None, None),
+        (Bug::LockNotExclusive, Some("exclusion")),
+        (Bug::ConstantToken, Some("granted twice")),
+    ] {
+        let inner = kv::open(&fx.url).await.expect("open sled");
+        let store: Arc<dyn Store> = Arc::new(Buggy::new(inner, bug));
+        let w = LockWorkload {
+            lock_key: format!("lockcheck-{bug:?}/lock"),
+            data_key: format!("lockcheck-{bug:?}/data"),
+            duration: Duration::from_secs(2),
+            ttl: Duration::from_secs(5),
+            op_timeout: Duration::from_secs(10),
+            writes: (1, 3),
+            gap_ms: (1, 5),
+            seed: 7,
+            holder: Default::default(),
+        };
+        let clients = vec![store.clone(); 4];
+        let (acqs, tally) = run_lock_clients(clients, &w, std::time::Instant::now()).await;
+        let summary = check(&acqs, tally);
+        println!("{bug:?}: {summary:?}");
+        assert!(
+            summary.acquisitions >= 20,
+            "{bug:?}: too few acquisitions: {summary:?}"
+        );
+        match expect {
+            None => {
+                assert!(summary.violations.is_empty(), "{bug:?}: {summary:?}");
+                assert!(
+                    summary.accepted >= 20,
+                    "too few guarded writes: {summary:?}"
+                );
+            }
+            Some(word) => assert!(
+                summary.violations.iter().any(|v| v.contains(word)),
+                "{bug:?}: no {word:?} violation found: {:?}",
+                summary.violations
+            ),
+        }
+        store.close().await.unwrap();
+    }
+}

@@ -2,7 +2,8 @@
 //! on a few keys through [`kv_core::Store`] handles while a nemesis kills (SIGKILL, then
 //! restart), pauses (SIGSTOP/SIGCONT) and, where set up, partitions cluster members. Every
 //! operation's invocation, completion and result is recorded, and each key's history is
-//! checked with [`crate::linearizability`].
+//! checked with [`crate::linearizability`]. The nemesis's log (what it did when) is printed
+//! with any violation, and always when `KV_NEMESIS_LOG` is set.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -294,6 +295,17 @@ pub struct Nemesis {
 impl Nemesis {
     /// Injects faults until `until`; every fault is healed before it returns.
     pub async fn run<M: Member>(&self, members: &mut [M], until: Instant) -> NemesisReport {
+        self.run_aimed(members, until, || None).await
+    }
+
+    /// Like [`Nemesis::run`], but each fault hits the member `aim` names when it names one of
+    /// the targets (e.g. the member the current lock holder talks to); else one at random.
+    pub async fn run_aimed<M: Member>(
+        &self,
+        members: &mut [M],
+        until: Instant,
+        aim: impl Fn() -> Option<usize>,
+    ) -> NemesisReport {
         let mut rng = StdRng::seed_from_u64(self.seed);
         let start = Instant::now();
         let at = || start.elapsed().as_millis();
@@ -307,7 +319,8 @@ impl Nemesis {
             if Instant::now() >= until {
                 break;
             }
-            let m = self.targets[rng.gen_range(0..self.targets.len())];
+            let random = self.targets[rng.gen_range(0..self.targets.len())];
+            let m = aim().filter(|m| self.targets.contains(m)).unwrap_or(random);
             let hold = rng.gen_range(self.hold_ms.0..=self.hold_ms.1);
             match self.faults[rng.gen_range(0..self.faults.len())] {
                 Fault::Kill => {
@@ -372,7 +385,7 @@ pub fn check_and_report(
             }
         }
     });
-    if summary.violations > 0 {
+    if summary.violations > 0 || std::env::var("KV_NEMESIS_LOG").is_ok() {
         eprintln!("{what}: the nemesis's log:");
         for line in &nemesis.log {
             eprintln!("    {line}");

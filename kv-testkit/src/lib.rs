@@ -277,6 +277,7 @@ pub mod etcd;
 pub mod faults;
 pub mod fuzz;
 pub mod linearizability;
+pub mod lockcheck;
 pub mod partition;
 pub mod watchbench;
 pub mod zookeeper;

@@ -55,6 +55,8 @@ pub enum Bug {
     TxnIgnoresHeld,
     /// Every lock's fencing token is 1.
     ConstantToken,
+    /// Locks do not exclude: each `new_lock` takes a key of its own under the asked one.
+    LockNotExclusive,
     /// A failed guard is reported as an ordinary CompareFailed, not FencingFailed.
     FencingAsCompareFailed,
     /// watch_events drops every Delete event.
@@ -219,7 +221,14 @@ impl Store for Buggy {
         } else {
             options
         };
-        let lock = self.inner.new_lock(key, options).await?;
+        let lock = if self.bug == Bug::LockNotExclusive {
+            use std::sync::atomic::{AtomicU64, Ordering};
+            static N: AtomicU64 = AtomicU64::new(0);
+            let own = format!("{key}/{}", N.fetch_add(1, Ordering::Relaxed));
+            self.inner.new_lock(&own, options).await?
+        } else {
+            self.inner.new_lock(key, options).await?
+        };
         if self.bug == Bug::ConstantToken {
             let (key, value, lost) = (
                 lock.key().to_string(),
