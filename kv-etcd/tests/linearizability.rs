@@ -29,6 +29,7 @@ async fn connect(endpoint: String, ns: &str, consistency: Consistency) -> Arc<dy
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn default_reads_are_linearizable_under_kills_pauses_and_partitions() {
+    let _slot = kv_testkit::cluster_slot().await;
     let Some(mut cluster) = EtcdCluster::start().await else {
         return;
     };
@@ -86,6 +87,7 @@ async fn default_reads_are_linearizable_under_kills_pauses_and_partitions() {
 /// elected while the cut-off one still answers its clients; healed, it rejoins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_cuts_the_leader_off() {
+    let _slot = kv_testkit::cluster_slot().await;
     let Some(mut cluster) = EtcdCluster::start().await else {
         return;
     };
@@ -148,6 +150,7 @@ async fn a_partition_cuts_the_leader_off() {
 /// ([`kv_testkit::lockcheck`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn locks_exclude_and_fence_under_faults() {
+    let _slot = kv_testkit::cluster_slot().await;
     let Some(mut cluster) = EtcdCluster::start().await else {
         return;
     };

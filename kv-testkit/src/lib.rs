@@ -24,6 +24,14 @@ pub fn free_port() -> u16 {
         .expect("bind 127.0.0.1:0")
 }
 
+/// One cluster test at a time per test process: a 3-member cluster with a nemesis loads both
+/// cores of a small machine, and two of them at once starve each other into timeouts. Hold
+/// the guard for the whole test (`let _slot = kv_testkit::cluster_slot().await;`).
+pub async fn cluster_slot() -> tokio::sync::MutexGuard<'static, ()> {
+    static SLOT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SLOT.lock().await
+}
+
 /// Polls `check` every 50 ms until it returns `Some`, or panics after `deadline` naming `what`.
 pub async fn wait_until<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
 where

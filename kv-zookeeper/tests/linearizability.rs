@@ -46,6 +46,7 @@ async fn close_all(stores: Vec<Arc<dyn Store>>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn default_reads_are_linearizable_under_kills_pauses_and_partitions() {
+    let _slot = kv_testkit::cluster_slot().await;
     let Some(mut ens) = ZkEnsemble::start().await else {
         return;
     };
@@ -99,6 +100,7 @@ async fn default_reads_are_linearizable_under_kills_pauses_and_partitions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stale_reads_on_a_lagging_follower_are_caught() {
+    let _slot = kv_testkit::cluster_slot().await;
     let Some(mut ens) = ZkEnsemble::start().await else {
         return;
     };
@@ -162,6 +164,7 @@ async fn stale_reads_on_a_lagging_follower_are_caught() {
 /// healed, it rejoins and serves again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_cuts_the_leader_off() {
+    let _slot = kv_testkit::cluster_slot().await;
     let Some(mut ens) = ZkEnsemble::start().await else {
         return;
     };
@@ -220,6 +223,7 @@ async fn mode(port: u16) -> Option<String> {
 /// ([`kv_testkit::lockcheck`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn locks_exclude_and_fence_under_faults() {
+    let _slot = kv_testkit::cluster_slot().await;
     let Some(mut ens) = ZkEnsemble::start().await else {
         return;
     };
