@@ -2,6 +2,16 @@
 //! call whose effect fits the model, lift it (and its return) out of the list, and backtrack
 //! when a return is reached whose call was not linearized. Lowe's cache of (set of linearized
 //! operations, state) pairs prunes states already explored.
+//!
+//! Two reductions keep histories with many unknown-outcome writes (a member down for a while)
+//! decidable, both exact (they lose no linearization):
+//! - a value no operation ever observed (no read returned it, no compare-and-swap expected it)
+//!   behaves like any other such value, so the state holds one placeholder for all of them;
+//! - unknown-outcome puts of such values are interchangeable (each may happen at any point
+//!   after its call, or never), so the search takes them in call order only: a later one is
+//!   linearized only after every earlier one;
+//! - an unknown-outcome operation is never placed where it would leave the state as it is
+//!   (a compare-and-swap whose expectation fails): not placing it keeps strictly more options.
 
 use std::collections::HashSet;
 
@@ -11,6 +21,9 @@ use super::{step, Input, Operation, Output, Value, Verdict};
 pub const DEFAULT_BUDGET: u64 = 20_000_000;
 
 const NIL: usize = usize::MAX;
+
+/// The state standing for every value no operation observes (real values are never this).
+const UNOBSERVED: Value = Value::MAX;
 
 struct Event {
     op: usize,
@@ -80,6 +93,41 @@ pub fn check_with_budget(history: &[Operation], init: Option<Value>, budget: u64
     for i in 0..n {
         ev[call_of[i]].partner = ret_of[i];
     }
+    // Values some operation observes; every other value is the same to the model.
+    let mut observed: HashSet<Value> = HashSet::new();
+    for (_, o) in &ops {
+        match (o.input, o.output) {
+            (Input::Get, Output::Read(Some(v))) if !o.is_unknown() => {
+                observed.insert(v);
+            }
+            (
+                Input::Cas {
+                    expect: Some(v), ..
+                },
+                _,
+            ) => {
+                observed.insert(v);
+            }
+            _ => {}
+        }
+    }
+    let canon = |s: Option<Value>| match s {
+        Some(v) if !observed.contains(&v) => Some(UNOBSERVED),
+        s => s,
+    };
+    // Rank (in call order) of each unknown-outcome put of an unobserved value.
+    let mut rank = vec![NIL; n];
+    let mut ranked = 0usize;
+    for e in ev.iter().skip(1) {
+        let o = ops[e.op].1;
+        if let (true, Input::Put(v)) = (e.is_call, o.input) {
+            if o.is_unknown() && !observed.contains(&v) {
+                rank[e.op] = ranked;
+                ranked += 1;
+            }
+        }
+    }
+    let mut spare_taken = 0usize; // such puts linearized so far (always the first ones)
     let output = |i: usize| {
         let o = ops[i].1;
         if o.is_unknown() {
@@ -94,7 +142,7 @@ pub fn check_with_budget(history: &[Operation], init: Option<Value>, budget: u64
     let mut count = 0usize;
     let mut cache: HashSet<(Vec<u64>, Option<Value>)> = HashSet::new();
     let mut stack: Vec<(usize, Option<Value>)> = Vec::new();
-    let mut state = init;
+    let mut state = canon(init);
     let mut entry = ev[0].next;
     let mut steps = 0u64;
     let mut deepest = (0usize, NIL);
@@ -114,12 +162,20 @@ pub fn check_with_budget(history: &[Operation], init: Option<Value>, budget: u64
         let e = &ev[entry];
         if e.is_call {
             let i = e.op;
-            if let Some(next_state) = step(state, ops[i].1.input, output(i)) {
+            let in_turn = rank[i] == NIL || rank[i] == spare_taken;
+            // An unknown-outcome operation that would not change the state is better left
+            // for later (or never): taking it now only removes options.
+            let useful = |next: &Option<Value>| !ops[i].1.is_unknown() || *next != state;
+            let next = step(state, ops[i].1.input, output(i)).map(canon);
+            if let Some(next_state) = next.filter(|n| in_turn && useful(n)) {
                 linearized[i / 64] |= 1 << (i % 64);
                 if cache.insert((linearized.clone(), next_state)) {
                     stack.push((entry, state));
                     state = next_state;
                     count += 1;
+                    if rank[i] != NIL {
+                        spare_taken += 1;
+                    }
                     lift(&mut ev, entry);
                     entry = ev[0].next;
                     continue;
@@ -141,6 +197,9 @@ pub fn check_with_budget(history: &[Operation], init: Option<Value>, budget: u64
             state = prev_state;
             count -= 1;
             let i = ev[call].op;
+            if rank[i] != NIL {
+                spare_taken -= 1;
+            }
             linearized[i / 64] &= !(1 << (i % 64));
             unlift(&mut ev, call);
             entry = ev[call].next;
