@@ -2,7 +2,9 @@
 //! each with its own store connected to that member only) do random put / get /
 //! compare-and-swap on a few keys while a nemesis SIGKILLs and restarts, SIGSTOPs and
 //! resumes, or cuts off (nftables, [`kv_testkit::partition`]) members; every key's history
-//! must be linearizable with kv's default (`?consistent`) reads.
+//! must be linearizable with kv's default (`?consistent`) reads. With `consistency=stale`
+//! (`?stale`) on a follower that the nemesis keeps freezing, the checker must find the stale
+//! reads.
 //! `KV_LIN_SECONDS` makes the run longer (default 15 s).
 
 use std::sync::Arc;
@@ -12,7 +14,7 @@ use kv_consul::{ConsulConfig, ConsulStore};
 use kv_core::{Consistency, PutOptions, Store};
 use kv_testkit::consul_cluster::ConsulCluster;
 use kv_testkit::faults::{
-    check_and_report, every_fault, run_clients, run_seconds, Nemesis, Workload,
+    check_and_report, every_fault, run_clients, run_seconds, Fault, Nemesis, Workload,
 };
 
 async fn connect(endpoint: String, ns: &str, consistency: Consistency) -> Arc<dyn Store> {
@@ -83,6 +85,68 @@ async fn default_reads_are_linearizable_under_kills_pauses_and_partitions() {
         summary.violations, 0,
         "non-linearizable histories (printed above)"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stale_reads_on_a_lagging_follower_are_caught() {
+    let Some(mut cluster) = ConsulCluster::start().await else {
+        return;
+    };
+    let leader = cluster.leader(Duration::from_secs(60)).await;
+    let follower = (leader + 1) % 3;
+    // Up to 3 attempts: the stale reads come from races (a resumed follower answering from
+    // its copy before it applied the commits it missed).
+    let mut found = 0;
+    for attempt in 0..3u64 {
+        let ns = format!("lin-consul-stale-{attempt}");
+        // Writers on the leader (default reads), readers on the follower (stale reads).
+        let mut stores = Vec::new();
+        for _ in 0..2 {
+            let ep = cluster.members[leader].endpoint();
+            stores.push(connect(ep, &ns, Consistency::Linearizable).await);
+        }
+        for _ in 0..2 {
+            let ep = cluster.members[follower].endpoint();
+            stores.push(connect(ep, &ns, Consistency::Stale).await);
+        }
+        let workload = Workload {
+            keys: vec!["a".into(), "b".into()],
+            duration: Duration::from_secs(8),
+            op_timeout: Duration::from_secs(4),
+            get_per_mille: 500,
+            seed: 0x5a1e + attempt,
+        };
+        // Freeze the follower often and briefly: the quorum (leader + other follower) goes on.
+        let nemesis = Nemesis {
+            faults: vec![Fault::Pause],
+            targets: vec![follower],
+            gap_ms: (100, 300),
+            hold_ms: (150, 500),
+            seed: 0x5a1f + attempt,
+        };
+        let start = Instant::now();
+        let until = start + workload.duration;
+        let (histories, report) = tokio::join!(
+            run_clients(stores.clone(), &workload, start),
+            nemesis.run(&mut cluster.members, until)
+        );
+        let summary = check_and_report(
+            &format!(
+                "consul (consistency=stale on a paused follower, attempt {})",
+                attempt + 1
+            ),
+            &histories,
+            &report,
+            start.elapsed(),
+        );
+        close_all(stores).await;
+        assert_eq!(summary.undecided, 0, "some histories could not be decided");
+        found = summary.violations;
+        if found > 0 {
+            break;
+        }
+    }
+    assert!(found > 0, "the checker found no stale read in 3 attempts");
 }
 
 /// The partition is real: cut off, the leader loses its followers and the other two elect a
