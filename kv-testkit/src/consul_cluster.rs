@@ -353,7 +353,8 @@ impl ConsulCluster {
         self.members.iter().position(|m| m.server_port == port)
     }
 
-    /// The leader as member `i` knows it (`GET /v1/status/leader` on `i`), if any.
+    /// The leader as member `i` knows it (`GET /v1/status/leader` on `i`), if any. A paused
+    /// member holds the answer up to the request's 5 s read timeout.
     pub async fn leader_seen_by(&self, i: usize) -> Option<usize> {
         let port = self.members[i].leader_port().await?;
         self.member_with_server_port(port)
