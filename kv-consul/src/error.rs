@@ -43,12 +43,20 @@ pub(crate) enum Failure {
 }
 
 /// Consul's answers while no leader is elected or the leader changes (HTTP 500): the same
-/// call succeeds once a leader is in place.
-const LEADERLESS: [&str; 4] = [
+/// call succeeds once a leader is in place. The last four come from an agent forwarding to a
+/// leader that just died or was cut off, until it notices (about a raft heartbeat timeout):
+/// `rpc error getting client: failed to get conn: dial tcp ...: connect: connection refused`,
+/// or the forwarded call's connection broke (`rpc error making call: EOF`; such a write may
+/// still have been applied, as after any failed call).
+const LEADERLESS: [&str; 8] = [
     "No cluster leader",
     "leadership lost",
     "Raft leader not found",
     "node is not the leader",
+    "rpc error getting client",
+    "lead thread didn't get connection",
+    "rpc error making call: EOF",
+    "rpc error making call: stream closed",
 ];
 
 /// Maps a failure to a kv error (the driver's one mapping function).
@@ -283,6 +291,20 @@ mod tests {
             "rpc error making call: leadership lost while committing log"
         )
         .is_transient());
+        // Forwarding to a leader that was just killed (seen in the linearizability test).
+        assert!(st(
+            500,
+            "rpc error getting client: failed to get conn: dial tcp 127.0.0.1:0->127.0.0.1:35911: connect: connection refused"
+        )
+        .is_transient());
+        assert!(st(
+            500,
+            "rpc error getting client: failed to get conn: rpc error: lead thread didn't get connection"
+        )
+        .is_transient());
+        assert!(st(500, "rpc error making call: EOF").is_transient());
+        assert!(st(500, "rpc error making call: stream closed").is_transient());
+        assert!(!st(500, "rpc error making call: Permission denied").is_transient());
         assert!(st(429, "rate limit exceeded").is_transient());
         assert!(st(503, "unavailable").is_transient());
         assert!(!st(500, "boom").is_transient());

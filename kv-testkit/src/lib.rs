@@ -281,6 +281,7 @@ macro_rules! process_controls {
 
 pub mod bench;
 pub mod consul;
+pub mod consul_cluster;
 pub mod etcd;
 pub mod faults;
 pub mod fuzz;
