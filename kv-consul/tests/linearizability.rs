@@ -16,6 +16,7 @@ use kv_testkit::consul_cluster::ConsulCluster;
 use kv_testkit::faults::{
     check_and_report, every_fault, run_clients, run_seconds, Fault, Nemesis, Workload,
 };
+use kv_testkit::lockcheck::{self, run_lock_clients, LockWorkload};
 
 async fn connect(endpoint: String, ns: &str, consistency: Consistency) -> Arc<dyn Store> {
     let cfg = ConsulConfig::new([endpoint.clone()])
@@ -37,6 +38,7 @@ async fn close_all(stores: Vec<Arc<dyn Store>>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn default_reads_are_linearizable_under_kills_pauses_and_partitions() {
+    let _slot = kv_testkit::cluster_slot().await;
     let Some(mut cluster) = ConsulCluster::start().await else {
         return;
     };
@@ -97,6 +99,7 @@ async fn default_reads_are_linearizable_under_kills_pauses_and_partitions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stale_reads_on_a_lagging_follower_are_caught() {
+    let _slot = kv_testkit::cluster_slot().await;
     let Some(mut cluster) = ConsulCluster::start().await else {
         return;
     };
@@ -163,6 +166,7 @@ async fn stale_reads_on_a_lagging_follower_are_caught() {
 /// rejoins and writes through it work again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_cuts_the_leader_off() {
+    let _slot = kv_testkit::cluster_slot().await;
     let Some(cluster) = ConsulCluster::start().await else {
         return;
     };
@@ -240,4 +244,70 @@ async fn a_partition_cuts_the_leader_off() {
         .expect("a read through the healed member");
     assert_eq!(got.value, b"v2".to_vec());
     let _ = cut.close().await;
+}
+
+/// Locks under the same nemesis, aimed at the holder's member: six clients (two per member)
+/// take one lock in turn and make guarded writes while holding it; tokens must be unique and
+/// follow real time, and the accepted guarded writes must never interleave or go back to an
+/// older token ([`kv_testkit::lockcheck`]). A lock is a Consul session, which the servers
+/// end when the holder's node fails its serf health check (cut off or paused long enough).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn locks_exclude_and_fence_under_faults() {
+    let _slot = kv_testkit::cluster_slot().await;
+    let Some(mut cluster) = ConsulCluster::start().await else {
+        return;
+    };
+    let ns = "lock-faults";
+    let mut stores = Vec::new();
+    for c in 0..6 {
+        let ep = cluster.members[c % 3].endpoint();
+        stores.push(connect(ep, ns, Consistency::Linearizable).await);
+    }
+    let workload = LockWorkload {
+        lock_key: "lock".into(),
+        data_key: "data".into(),
+        duration: run_seconds(20),
+        ttl: kv_consul::MIN_LOCK_TTL * 2,
+        op_timeout: Duration::from_secs(4),
+        writes: (2, 5),
+        gap_ms: (20, 300),
+        seed: 0x10c,
+        holder: Default::default(),
+    };
+    let holder = workload.holder.clone();
+    let nemesis = Nemesis {
+        // Pauses and cuts (a killed member's restart would mostly stall the run), long
+        // enough for serf to declare the holder's node failed.
+        faults: every_fault(&cluster.partitions_unavailable)
+            .into_iter()
+            .filter(|f| *f != Fault::Kill)
+            .collect(),
+        targets: vec![0, 1, 2],
+        gap_ms: (1000, 2500),
+        hold_ms: (3000, 8000),
+        seed: 0x10d,
+    };
+    let start = Instant::now();
+    let until = start + workload.duration;
+    let ((acqs, tally), report) = tokio::join!(
+        run_lock_clients(stores.clone(), &workload, start),
+        // Every fault hits the member the holder talks to (client c uses member c % 3).
+        nemesis.run_aimed(&mut cluster.members, until, || holder
+            .current()
+            .map(|c| c % 3))
+    );
+    let summary =
+        lockcheck::check_and_report("consul (3 servers)", &acqs, tally, &report, start.elapsed());
+    close_all(stores).await;
+    assert!(
+        summary.acquisitions >= 5,
+        "only {} acquisitions",
+        summary.acquisitions
+    );
+    assert!(
+        report.total() >= 2,
+        "the nemesis injected {} faults",
+        report.total()
+    );
+    assert_eq!(summary.violations, Vec::<String>::new());
 }

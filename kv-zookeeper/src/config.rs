@@ -15,6 +15,39 @@ pub const DEFAULT_PORT: u16 = 2181;
 /// Default ZooKeeper session timeout asked for (the server clamps it to 2..20 ticks).
 pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What a linearizable read waits for before it is served (URL option `read_barrier=`); see
+/// the [crate docs](crate#read-consistency).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ReadBarrier {
+    /// A quorum-committed no-op (`multi` of one `check` of `/`), pipelined with the read: the
+    /// read reflects every write acknowledged before it, also while a deposed leader still
+    /// answers (the default; costs a replicated log entry per read).
+    #[default]
+    Quorum,
+    /// ZooKeeper's `sync`, pipelined with the read: cheaper (no log entry), but not a quorum
+    /// operation (ZOOKEEPER-1675): a leader that lost its quorum without knowing yet (paused,
+    /// cut off) answers it and serves its old state for up to a tick.
+    Sync,
+}
+
+impl ReadBarrier {
+    /// The option values, in the order the docs list them.
+    pub const VALUES: [&'static str; 2] = ["quorum", "sync"];
+
+    /// Parses `quorum` or `sync` (ASCII case-insensitive).
+    pub fn parse(value: &str) -> Result<Self> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "quorum" => Ok(ReadBarrier::Quorum),
+            "sync" => Ok(ReadBarrier::Sync),
+            _ => Err(Error::config(format!(
+                "option read_barrier: {value:?} is not one of {}",
+                Self::VALUES.join(", ")
+            ))),
+        }
+    }
+}
+
 /// Configuration of a [`ZkStore`](crate::ZkStore). `Debug` never shows the password.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ZkConfig {
@@ -34,9 +67,13 @@ pub struct ZkConfig {
     /// TLS (rustls); requires the `tls` feature. `domain` is not supported (the client
     /// verifies the host of each endpoint).
     pub tls: Option<TlsFiles>,
-    /// Read consistency (default [`Consistency::Linearizable`]: a `sync` before every read;
-    /// [`Consistency::Stale`]: the connected server's view). See the [crate docs](crate).
+    /// Read consistency (default [`Consistency::Linearizable`]: a [`ReadBarrier`] before
+    /// every read; [`Consistency::Stale`]: the connected server's view). See the
+    /// [crate docs](crate).
     pub consistency: Consistency,
+    /// The barrier of linearizable reads and of the reads behind compare-and-swap and
+    /// transactions (default [`ReadBarrier::Quorum`]).
+    pub read_barrier: ReadBarrier,
 }
 
 impl ZkConfig {
@@ -50,6 +87,7 @@ impl ZkConfig {
             digest: None,
             tls: None,
             consistency: Consistency::Linearizable,
+            read_barrier: ReadBarrier::Quorum,
         }
     }
 
@@ -84,6 +122,12 @@ impl ZkConfig {
     /// Enables TLS with these files (URL options `ca=`, `cert=`, `key=`, `tls=`).
     pub fn with_tls(mut self, tls: TlsFiles) -> Self {
         self.tls = Some(tls);
+        self
+    }
+
+    /// Sets the barrier of linearizable reads (URL option `read_barrier=quorum|sync`).
+    pub fn with_read_barrier(mut self, barrier: ReadBarrier) -> Self {
+        self.read_barrier = barrier;
         self
     }
 

@@ -11,8 +11,9 @@ use zookeeper_client::{Acls, Client, CreateMode, CreateOptions};
 use crate::error::{self, Context};
 use crate::hub::Hub;
 use crate::known::KnownNodes;
+use crate::node::Barrier;
 use crate::shared_sync::SharedSync;
-use crate::{codec, lock, ZkConfig, LOCKS_DIR};
+use crate::{codec, lock, ReadBarrier, ZkConfig, LOCKS_DIR};
 
 /// The current ZooKeeper session of a store; `gen` grows with every new session.
 #[derive(Clone)]
@@ -109,9 +110,22 @@ impl Inner {
         }
     }
 
-    /// True when reads `sync` first ([`Consistency::Linearizable`](kv_core::Consistency)).
-    pub fn sync_reads(&self) -> bool {
-        !self.cfg.consistency.is_stale()
+    /// The barrier before a user read: the configured one, none with `consistency=stale`.
+    pub fn read_barrier(&self) -> Barrier {
+        if self.cfg.consistency.is_stale() {
+            Barrier::None
+        } else {
+            self.check_barrier()
+        }
+    }
+
+    /// The barrier before a read that decides a write (compare-and-swap, transactions): the
+    /// configured one in both consistency modes.
+    pub fn check_barrier(&self) -> Barrier {
+        match self.cfg.read_barrier {
+            ReadBarrier::Quorum => Barrier::Quorum,
+            ReadBarrier::Sync => Barrier::Sync,
+        }
     }
 
     /// Znode path of a normalized key.

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use kv_core::raw::{open, Checked, DriverDescriptor, NamespaceIn};
 
-pub use config::{ZkConfig, DEFAULT_PORT, DEFAULT_SESSION_TIMEOUT};
+pub use config::{ReadBarrier, ZkConfig, DEFAULT_PORT, DEFAULT_SESSION_TIMEOUT};
 pub use kv_core::raw::TlsFiles;
 pub use store::ZkDriver;
 

@@ -1,4 +1,4 @@
-//! Reads of single znodes (optionally after a `sync`), read retries, and small znode helpers.
+//! Read barriers, reads of single znodes, read retries, and small znode helpers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,27 +21,60 @@ pub(crate) enum Node {
     Expired(Stat),
 }
 
-/// Runs `read` after a `sync` of `path` when `sync` is true. The two requests are pipelined
-/// (the read is sent without waiting for the `sync`'s answer; zookeeper-client leaves
-/// `TCP_NODELAY` off, so the read can still wait for that answer on the wire and the pair then
-/// costs two round trips). ZooKeeper answers a session's requests in order, and a server holds
-/// a session's reads until its pending `sync` has come back from the leader, so the read
-/// reflects every write committed before the `sync`.
-pub(crate) async fn after_sync<T, Fut>(
+/// What a read waits for (see [`ReadBarrier`](crate::ReadBarrier)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Barrier {
+    /// Nothing: the connected server's view.
+    None,
+    /// A `sync` of the path.
+    Sync,
+    /// A quorum-committed no-op: a `multi` of one `check` of `/` (any version).
+    Quorum,
+}
+
+/// Sends the barrier's request now (both kinds send when called); the future is its answer.
+pub(crate) fn send_barrier<'a>(
+    client: &'a Client,
+    path: &str,
+    barrier: Barrier,
+) -> futures::future::BoxFuture<'a, std::result::Result<(), zk::Error>> {
+    use futures::FutureExt;
+    match barrier {
+        Barrier::None => futures::future::ready(Ok(())).boxed(),
+        Barrier::Sync => client.sync(path).boxed(),
+        Barrier::Quorum => {
+            let mut w = client.new_multi_writer();
+            if let Err(e) = w.add_check_version("/", -1) {
+                return futures::future::ready(Err(e)).boxed();
+            }
+            let commit = w.commit();
+            async move { commit.await.map(|_| ()).map_err(zk::Error::from) }.boxed()
+        }
+    }
+}
+
+/// Runs `read` after `barrier`. The two requests are pipelined (the read is sent without
+/// waiting for the barrier's answer; zookeeper-client leaves `TCP_NODELAY` off, so the read
+/// can still wait for that answer on the wire and the pair then costs two round trips).
+/// ZooKeeper answers a session's requests in order, and a server holds a session's read until
+/// the session's pending `sync` or write is done, so the read reflects every write committed
+/// before the barrier. Only the quorum barrier is committed by a quorum: a `sync` is answered
+/// by whoever believes it leads.
+pub(crate) async fn after_barrier<T, Fut>(
     client: &Client,
     path: &str,
-    sync: bool,
+    barrier: Barrier,
     read: Fut,
 ) -> std::result::Result<T, zk::Error>
 where
     Fut: std::future::Future<Output = std::result::Result<T, zk::Error>>,
 {
-    if !sync {
+    if barrier == Barrier::None {
         return read.await;
     }
-    // `sync` sends its request when called; `read` (an unpolled future) sends after it.
-    let synced = client.sync(path);
-    let (s, r) = futures::join!(synced, read);
+    // The barrier's request goes out now; `read` (an unpolled future) sends after it.
+    let sent = send_barrier(client, path, barrier);
+    let (s, r) = futures::join!(sent, read);
     s?;
     r
 }
@@ -62,13 +95,13 @@ pub(crate) async fn read_node(client: &Client, path: &str) -> std::result::Resul
     }
 }
 
-/// Reads one znode, after a `sync` when `sync` is true (see [`after_sync`]).
-pub(crate) async fn read_node_synced(
+/// Reads one znode after `barrier` (see [`after_barrier`]).
+pub(crate) async fn read_node_after(
     client: &Client,
     path: &str,
-    sync: bool,
+    barrier: Barrier,
 ) -> std::result::Result<Node, zk::Error> {
-    after_sync(client, path, sync, read_node(client, path)).await
+    after_barrier(client, path, barrier, read_node(client, path)).await
 }
 
 /// The mzxid of a znode after a write whose stat may be invalid (ZOOKEEPER-4026).
@@ -128,7 +161,7 @@ impl Inner {
             .read_retry(key, |c| {
                 let path = path.clone();
                 async move {
-                    let n = read_node_synced(&c, &path, self.sync_reads()).await?;
+                    let n = read_node_after(&c, &path, self.read_barrier()).await?;
                     match &n {
                         Node::Expired(stat) => self.reap(&c, &path, stat),
                         Node::Value(_, stat, ttl) => self.known.remember_read(&path, stat, *ttl),

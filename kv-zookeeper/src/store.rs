@@ -11,7 +11,7 @@ use kv_core::{
 use zookeeper_client::Client;
 
 use crate::inner::Inner;
-use crate::node::after_sync;
+use crate::node::after_barrier;
 use crate::{connect, lock, tree, txn, watch, ZkConfig};
 use crate::{BACKEND, LOCKS_DIR, MAX_TXN_OPS, MAX_VALUE_SIZE, MIN_TTL};
 
@@ -113,7 +113,7 @@ impl Driver for ZkDriver {
         i.read_retry(prefix, |c| async move {
             let root = i.prefix_path(prefix);
             let read = tree::list(i, &c, prefix);
-            after_sync(&c, &root, i.sync_reads(), read)
+            after_barrier(&c, &root, i.read_barrier(), read)
                 .await
                 .map(|(pairs, _)| pairs)
         })

@@ -7,7 +7,7 @@ use zookeeper_client as zk;
 use zookeeper_client::{MultiReadResult, MultiWriteError, MultiWriteResult, Stat};
 
 use crate::codec::{self, Decoded};
-use crate::node::after_sync;
+use crate::node::{after_barrier, Barrier};
 use crate::{Inner, BACKEND, MAX_VALUE_SIZE};
 
 enum State {
@@ -76,11 +76,16 @@ pub async fn run(inner: &Inner, txn: &Txn) -> Result<Vec<TxnResult>> {
                 .add_get_data(&inner.path(k))
                 .map_err(|e| inner.err(e, k))?;
         }
-        // Synced unless reads may be stale and the transaction only reads: a stale read
-        // would make a compare fail that holds.
-        let sync = inner.sync_reads() || !txn.compares.is_empty() || !written.is_empty();
+        // After a barrier unless reads may be stale and the transaction only reads: a stale
+        // read would make a compare fail that holds.
+        let barrier = if txn.compares.is_empty() && written.is_empty() {
+            inner.read_barrier()
+        } else {
+            inner.check_barrier()
+        };
+        debug_assert!(barrier != Barrier::None || inner.cfg.consistency.is_stale());
         let root = inner.prefix_path("");
-        let reads = after_sync(&client, &root, sync, reader.commit())
+        let reads = after_barrier(&client, &root, barrier, reader.commit())
             .await
             .map_err(|e| inner.err(e, ""))?;
         let now = codec::now_ms();

@@ -129,7 +129,8 @@ async fn read_state(
     };
     let read = async {
         if sync {
-            inner.sync_share.read_after(conn, path, read).await
+            let barrier = inner.read_barrier();
+            inner.sync_share.read_after(conn, path, barrier, read).await
         } else {
             read.await
         }
@@ -226,7 +227,7 @@ impl ZkFeed {
 impl Feed for ZkFeed {
     async fn read(&mut self) -> Result<(Vec<KvPair>, u64)> {
         let conn = self.inner.conn()?;
-        let sync = self.inner.sync_reads();
+        let sync = self.inner.read_barrier() != crate::node::Barrier::None;
         self.arm_and_read(&conn, sync).await
     }
 

@@ -29,7 +29,7 @@ use zookeeper_client::{Client, Stat};
 
 use crate::error::racing;
 use crate::known::Known;
-use crate::node::{fix_stat, read_node_synced, Node};
+use crate::node::{fix_stat, read_node_after, Node};
 use crate::{codec, Inner};
 
 /// The next request a put sends.
@@ -284,8 +284,8 @@ impl Inner {
         let data = codec::encode(value, ttl);
         let client = self.conn()?.client;
         for _ in 0..20 {
-            // Always synced: a stale stat would report a false `KeyModified`.
-            let node = read_node_synced(&client, &path, true)
+            // Always after the barrier: a stale stat would report a false `KeyModified`.
+            let node = read_node_after(&client, &path, self.check_barrier())
                 .await
                 .map_err(|e| self.err(e, key))?;
             let (stat, old_ttl) = match (previous, node) {
@@ -378,8 +378,8 @@ impl Inner {
             }
         }
         for _ in 0..20 {
-            // Always synced: a stale stat would report a false `KeyModified`.
-            let node = read_node_synced(&client, &path, true)
+            // Always after the barrier: a stale stat would report a false `KeyModified`.
+            let node = read_node_after(&client, &path, self.check_barrier())
                 .await
                 .map_err(|e| self.err(e, key))?;
             let stat = match node {

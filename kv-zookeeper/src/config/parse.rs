@@ -3,7 +3,7 @@
 use kv_core::raw::TlsFiles;
 use kv_core::{ConnectUrl, Error, Result};
 
-use super::{ZkConfig, DEFAULT_PORT};
+use super::{ReadBarrier, ZkConfig, DEFAULT_PORT};
 
 /// Parses a `zk://` or `zookeeper://` URL into a checked configuration.
 pub(super) fn from_url(url: &str) -> Result<ZkConfig> {
@@ -29,6 +29,9 @@ pub(super) fn from_url(url: &str) -> Result<ZkConfig> {
     }
     if let Some(c) = u.take_consistency()? {
         cfg.consistency = c;
+    }
+    if let Some(b) = u.take("read_barrier") {
+        cfg.read_barrier = ReadBarrier::parse(&b)?;
     }
     let digest = u.take("digest");
     match (u.user.clone(), u.password.clone(), digest) {

@@ -37,6 +37,29 @@ fn consistency_option() {
 }
 
 #[test]
+fn read_barrier_option() {
+    let c = ZkConfig::from_url("zk://h:1/app").unwrap();
+    assert_eq!(c.read_barrier, ReadBarrier::Quorum);
+    let c = ZkConfig::from_url("zk://h:1/app?read_barrier=sync").unwrap();
+    assert_eq!(c.read_barrier, ReadBarrier::Sync);
+    let c = ZkConfig::from_url("zk://h:1/app?read_barrier=QUORUM&consistency=stale").unwrap();
+    assert_eq!(
+        (c.read_barrier, c.consistency),
+        (ReadBarrier::Quorum, Consistency::Stale)
+    );
+    assert_eq!(
+        ZkConfig::new(["h:1"])
+            .with_read_barrier(ReadBarrier::Sync)
+            .read_barrier,
+        ReadBarrier::Sync
+    );
+    let e = ZkConfig::from_url("zk://h:1/app?read_barrier=none").unwrap_err();
+    assert!(matches!(e, Error::Config { .. }), "{e}");
+    assert!(e.to_string().contains("read_barrier"), "{e}");
+    assert!(e.to_string().contains("quorum, sync"), "{e}");
+}
+
+#[test]
 fn bad_urls_are_config_errors() {
     for bad in [
         "zk:///app",
