@@ -9,10 +9,12 @@
 //! Workloads, 100-byte values, sequential and with 64 concurrent tasks (one session shared by
 //! all tasks on each side): put of a **new** key (raw: `create`), put over an existing key
 //! (raw: `setData`), get and delete of a key the new-key rows created (raw: `delete`). Gets
-//! compare like with like: **get (linearizable)** is kv's default get (a `sync` pipelined
-//! with the `getData`) against the raw client sending the same `sync` and `getData` together
-//! (one round trip), **get (stale)** is a kv store opened with `consistency=stale` (the
-//! `getData` alone) against a plain raw `getData`. Each row gives the best round of each side,
+//! compare like with like: **get (linearizable)** is kv's default get (a quorum barrier, a
+//! `multi` of one `check` of `/`, pipelined with the `getData`) against the raw client sending
+//! the same two requests together, **get (sync)** a kv store with `read_barrier=sync` (a
+//! `sync` pipelined with the `getData`) against the raw client doing that, **get (stale)** a
+//! kv store opened with `consistency=stale` (the `getData` alone) against a plain raw
+//! `getData`. Each row gives the best round of each side,
 //! the median of the per-round kv ÷ raw ratios, client CPU per call, and requests per call as
 //! the server counted them (`mntr` `zk_packets_received` read before and after every run), so a
 //! change in round trips shows whatever the machine's noise.
@@ -22,7 +24,7 @@ use std::sync::Arc;
 
 use kv_core::{Consistency, PutOptions, Store};
 use kv_testkit::bench::{self, Report, Sample};
-use kv_zookeeper::{ZkConfig, ZkStore};
+use kv_zookeeper::{ReadBarrier, ZkConfig, ZkStore};
 use zookeeper_client::{Acls, Client, CreateMode};
 
 const TASKS: usize = 64;
@@ -35,8 +37,10 @@ enum Op {
     PutNew,
     /// Put over an existing key.
     Overwrite,
-    /// Linearizable get: kv's default (`sync` + `getData`), raw `sync` + `getData` pipelined.
+    /// Linearizable get: kv's default (quorum barrier + `getData`), raw the same pipelined.
     Get,
+    /// kv with `read_barrier=sync` (`sync` + `getData`), raw `sync` + `getData` pipelined.
+    GetSync,
     /// Stale get: kv with `consistency=stale`, raw `getData` alone.
     GetStale,
     /// Delete of a key a `PutNew` run created.
@@ -62,16 +66,18 @@ impl Keys {
     }
 }
 
-/// The two kv stores of the bench, on the same server and namespace: one with kv's default
-/// (linearizable) reads, one opened with `consistency=stale`.
+/// The kv stores of the bench, on the same server and namespace: kv's default (linearizable,
+/// quorum barrier), `read_barrier=sync`, and `consistency=stale`.
 struct Stores {
     linearizable: Arc<ZkStore>,
+    sync: Arc<ZkStore>,
     stale: Arc<ZkStore>,
 }
 
 async fn kv_run(st: &Stores, keys: &Arc<Keys>, op: Op, n: usize, tasks: usize) -> Sample {
     let s = match op {
         Op::GetStale => st.stale.clone(),
+        Op::GetSync => st.sync.clone(),
         _ => st.linearizable.clone(),
     };
     let keys = keys.clone();
@@ -83,7 +89,7 @@ async fn kv_run(st: &Stores, keys: &Arc<Keys>, op: Op, n: usize, tasks: usize) -
                 Op::PutNew | Op::Overwrite => {
                     s.put(&key, &VALUE, PutOptions::default()).await.unwrap();
                 }
-                Op::Get | Op::GetStale => {
+                Op::Get | Op::GetSync | Op::GetStale => {
                     s.get(&key).await.unwrap();
                 }
                 Op::Delete => s.delete(&key).await.unwrap(),
@@ -108,9 +114,19 @@ async fn raw_run(c: &Client, keys: &Arc<Keys>, op: Op, n: usize, tasks: usize) -
                     c.set_data(&path, &VALUE, None).await.unwrap();
                 }
                 Op::Get => {
-                    // What kv's default get sends, the way it sends it: the `sync` goes out
+                    // What kv's default get sends, the way it sends it: the barrier goes out
                     // when called, the `getData` when the joined future first polls it, so
-                    // both are pipelined and the server answers the read after the `sync`.
+                    // both are pipelined and the server answers the read after the commit.
+                    let mut w = c.new_multi_writer();
+                    w.add_check_version("/", -1).unwrap();
+                    let barrier = w.commit();
+                    let read = async { c.get_data(&path).await };
+                    let (b, r) = futures::join!(barrier, read);
+                    b.unwrap();
+                    r.unwrap();
+                }
+                Op::GetSync => {
+                    // kv's get with `read_barrier=sync`: `sync` and `getData` pipelined.
                     let synced = c.sync(&path);
                     let read = async { c.get_data(&path).await };
                     let (s, r) = futures::join!(synced, read);
@@ -148,6 +164,15 @@ async fn main() {
     );
     let stores = Stores {
         linearizable: store.clone(),
+        sync: Arc::new(
+            ZkStore::connect(
+                ZkConfig::new([&ep])
+                    .with_namespace("/bench-kv")
+                    .with_read_barrier(ReadBarrier::Sync),
+            )
+            .await
+            .unwrap(),
+        ),
         stale: Arc::new(
             ZkStore::connect(
                 ZkConfig::new([&ep])
@@ -184,7 +209,14 @@ async fn main() {
             .await
             .unwrap();
     }
-    for op in [Op::PutNew, Op::Delete, Op::Overwrite, Op::Get, Op::GetStale] {
+    for op in [
+        Op::PutNew,
+        Op::Delete,
+        Op::Overwrite,
+        Op::Get,
+        Op::GetSync,
+        Op::GetStale,
+    ] {
         kv_run(&stores, &kv_keys, op, 200, 1).await;
         raw_run(&raw, &raw_keys, op, 200, 1).await;
     }
@@ -200,11 +232,13 @@ async fn main() {
         ("sequential put, new key", Op::PutNew, 1),
         ("sequential put, overwrite", Op::Overwrite, 1),
         ("sequential get (linearizable)", Op::Get, 1),
+        ("sequential get (sync)", Op::GetSync, 1),
         ("sequential get (stale)", Op::GetStale, 1),
         ("sequential delete", Op::Delete, 1),
         ("64-task put, new key", Op::PutNew, TASKS),
         ("64-task put, overwrite", Op::Overwrite, TASKS),
         ("64-task get (linearizable)", Op::Get, TASKS),
+        ("64-task get (sync)", Op::GetSync, TASKS),
         ("64-task get (stale)", Op::GetStale, TASKS),
         ("64-task delete", Op::Delete, TASKS),
     ] {
@@ -222,5 +256,6 @@ async fn main() {
     }
     let _ = store.delete_tree("").await;
     stores.stale.close().await.unwrap();
+    stores.sync.close().await.unwrap();
     store.close().await.unwrap();
 }
