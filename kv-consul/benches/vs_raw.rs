@@ -20,8 +20,10 @@
 //! Raw put is `PUT /v1/kv/<key>` (answer `true`), raw get is `GET /v1/kv/<key>` with the JSON
 //! and base64 decoded, raw delete is `DELETE /v1/kv/<key>`. kv writes through `/v1/txn` (the
 //! only write that returns the new `ModifyIndex`), so two extra rows compare kv's put with a
-//! raw one-operation `/v1/txn` write. Every written value differs from the last (Consul skips
-//! writes that change nothing).
+//! raw one-operation `/v1/txn` write, and the `(raw: /v1/txn ...)` rows of new keys and deletes
+//! compare kv with the raw client sending what kv sends (a one-operation `set`; `[get,
+//! delete]`, whose get makes a missing key an error). Every written value differs from the
+//! last (Consul skips writes that change nothing).
 //!
 //! Run: `cargo bench -p kv-consul --bench vs_raw`
 
@@ -58,6 +60,10 @@ enum Op {
     Delete,
     /// Raw side: the one-operation `/v1/txn` write kv sends for a put (existing key).
     TxnPut,
+    /// Raw side: the same one-operation `/v1/txn` write of a new key.
+    TxnPutNew,
+    /// Raw side: the `/v1/txn` `[get, delete]` kv sends for a delete (of a `TxnPutNew` key).
+    TxnDelete,
 }
 
 /// New keys and deletes walk one sequence of fresh keys per side (deletes consume them in
@@ -71,8 +77,12 @@ struct Keys {
 impl Keys {
     fn next(&self, op: Op, t: usize, i: usize) -> String {
         match op {
-            Op::PutNew => format!("new/{}", self.created.fetch_add(1, Ordering::Relaxed)),
-            Op::Delete => format!("new/{}", self.deleted.fetch_add(1, Ordering::Relaxed)),
+            Op::PutNew | Op::TxnPutNew => {
+                format!("new/{}", self.created.fetch_add(1, Ordering::Relaxed))
+            }
+            Op::Delete | Op::TxnDelete => {
+                format!("new/{}", self.deleted.fetch_add(1, Ordering::Relaxed))
+            }
             _ => format!("{t}/{}", i % 50),
         }
     }
@@ -96,11 +106,8 @@ impl Raw {
         assert_eq!(&r.bytes().await.unwrap()[..], b"true");
     }
 
-    async fn txn_put(&self, key: &str) {
-        let body = format!(
-            r#"[{{"KV":{{"Verb":"set","Key":"{key}","Value":"{}","Flags":1}}}}]"#,
-            base64::engine::general_purpose::STANDARD.encode(value())
-        );
+    /// `PUT /v1/txn` with `body`; the decoded answer (a success status asserted).
+    async fn txn(&self, body: String) -> serde_json::Value {
         let r = self
             .client
             .put(format!("{}/v1/txn", self.base))
@@ -108,9 +115,29 @@ impl Raw {
             .send()
             .await
             .unwrap();
-        assert!(r.status().is_success());
-        let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+        serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
+    }
+
+    async fn txn_put(&self, key: &str) {
+        let v = self
+            .txn(format!(
+                r#"[{{"KV":{{"Verb":"set","Key":"{key}","Value":"{}","Flags":1}}}}]"#,
+                base64::engine::general_purpose::STANDARD.encode(value())
+            ))
+            .await;
         assert!(v["Results"][0]["KV"]["ModifyIndex"].as_u64().unwrap() > 0);
+    }
+
+    /// What kv sends for a delete: `[get, delete]` in one `/v1/txn` (the get fails the
+    /// transaction on a missing key, which a plain DELETE would not report).
+    async fn txn_delete(&self, key: &str) {
+        let v = self
+            .txn(format!(
+                r#"[{{"KV":{{"Verb":"get","Key":"{key}"}}}},{{"KV":{{"Verb":"delete","Key":"{key}"}}}}]"#
+            ))
+            .await;
+        assert!(v["Errors"].is_null(), "{v}");
     }
 
     async fn delete(&self, key: &str) {
@@ -257,8 +284,8 @@ async fn kv_run(stores: &Stores, keys: &Arc<Keys>, op: Op, n: usize, tasks: usiz
         let key = format!("kv/{}", keys.next(op, t, i));
         async move {
             match op {
-                Op::Delete => store.delete(&key).await.unwrap(),
-                Op::PutNew | Op::Put | Op::TxnPut => {
+                Op::Delete | Op::TxnDelete => store.delete(&key).await.unwrap(),
+                Op::PutNew | Op::Put | Op::TxnPut | Op::TxnPutNew => {
                     store
                         .put(&key, &value(), PutOptions::default())
                         .await
@@ -282,7 +309,8 @@ async fn raw_run(raw: &Arc<Raw>, keys: &Arc<Keys>, op: Op, n: usize, tasks: usiz
             match op {
                 Op::PutNew | Op::Put => raw.put(&key).await,
                 Op::Delete => raw.delete(&key).await,
-                Op::TxnPut => raw.txn_put(&key).await,
+                Op::TxnPut | Op::TxnPutNew => raw.txn_put(&key).await,
+                Op::TxnDelete => raw.txn_delete(&key).await,
                 Op::Get => raw.get(&key, "consistent").await,
                 Op::GetStale => raw.get(&key, "stale").await,
             }
@@ -382,6 +410,18 @@ async fn main() {
         ("64-task delete", Op::Delete, TASKS),
         ("sequential put, overwrite (raw: /v1/txn)", Op::TxnPut, 1),
         ("64-task put, overwrite (raw: /v1/txn)", Op::TxnPut, TASKS),
+        ("sequential put, new key (raw: /v1/txn)", Op::TxnPutNew, 1),
+        (
+            "sequential delete (raw: /v1/txn get+delete)",
+            Op::TxnDelete,
+            1,
+        ),
+        ("64-task put, new key (raw: /v1/txn)", Op::TxnPutNew, TASKS),
+        (
+            "64-task delete (raw: /v1/txn get+delete)",
+            Op::TxnDelete,
+            TASKS,
+        ),
     ] {
         if !bench::selected(name) {
             continue;
