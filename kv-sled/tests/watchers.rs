@@ -31,6 +31,8 @@ async fn put_cost(s: &SledStore, tag: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_watchers_cost_no_thread_each() {
+    // One at a time: the thread and RSS counts are the whole process's.
+    let _slot = kv_testkit::cluster_slot().await;
     let d = kv_testkit::temp_dir("sled-watchers");
     let s = SledStore::connect(SledConfig::new(d.path()).with_flush(false))
         .await
@@ -98,6 +100,8 @@ impl Rng {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_watches_get_exactly_the_puts_of_their_keys() {
+    // One at a time: the thread and RSS counts are the whole process's.
+    let _slot = kv_testkit::cluster_slot().await;
     const W: usize = 2_000;
     let d = kv_testkit::temp_dir("sled-exact");
     let cfg = || SledConfig::new(d.path()).with_flush(false);
@@ -171,6 +175,8 @@ async fn two_thousand_watches_get_exactly_the_puts_of_their_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watches_across_writer_and_database_restarts_see_every_final_state() {
+    // One at a time: the thread and RSS counts are the whole process's.
+    let _slot = kv_testkit::cluster_slot().await;
     const W: usize = 200;
     let d = kv_testkit::temp_dir("sled-restart");
     let cfg = || SledConfig::new(d.path()).with_flush(false);

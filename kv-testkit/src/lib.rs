@@ -7,8 +7,12 @@
 //! - [`ServerProcess::wait_ready`] and [`log_tail`]: what every launcher does while its server
 //!   starts (poll a health probe, fail fast with the log tail if the process dies).
 //!
-//! Server launchers for each backend live in their own modules; [`bench`](mod@bench) is the measuring
-//! harness of the `vs_raw` benchmarks.
+//! Server launchers for each backend live in their own modules (3-member clusters:
+//! [`etcd::EtcdCluster`], [`zookeeper::ZkEnsemble`], [`consul_cluster::ConsulCluster`]);
+//! [`bench`](mod@bench) is the measuring harness of the `vs_raw` benchmarks. The fault runs use
+//! [`faults`] (clients, nemesis), [`partition`] (nftables cuts between members),
+//! [`linearizability`] (the history checker), [`lockcheck`] (lock exclusion and fencing) and
+//! [`cluster_slot`] (one cluster test at a time per process).
 
 use std::future::Future;
 use std::net::TcpListener;
@@ -24,8 +28,9 @@ pub fn free_port() -> u16 {
         .expect("bind 127.0.0.1:0")
 }
 
-/// One cluster test at a time per test process: a 3-member cluster with a nemesis loads both
-/// cores of a small machine, and two of them at once starve each other into timeouts. Hold
+/// One heavy test at a time per test process: a 3-member cluster with a nemesis loads both
+/// cores of a small machine, and two of them at once starve each other into timeouts; a test
+/// that counts the process's threads or RSS must not share the process with another. Hold
 /// the guard for the whole test (`let _slot = kv_testkit::cluster_slot().await;`).
 pub async fn cluster_slot() -> tokio::sync::MutexGuard<'static, ()> {
     static SLOT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -427,8 +427,7 @@ fn hundreds_of_unknown_writes_stay_decidable() {
                 let applied = rng.gen_bool(0.5);
                 let o = unknown(c, input, t.saturating_sub(1));
                 if applied {
-                    state = Some(next);
-                    // Overwritten at once so that no read observes it.
+                    // It took effect and was overwritten at once, so no read observes it.
                     next += 1;
                     ops.push(o);
                     ops.push(put(c, next, t, t + 1));
