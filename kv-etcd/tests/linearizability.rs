@@ -11,9 +11,9 @@ use kv_core::{Consistency, Store};
 use kv_etcd::{EtcdConfig, EtcdStore};
 use kv_testkit::etcd::EtcdCluster;
 use kv_testkit::faults::{
-    check_and_report, every_fault, run_clients, run_seconds, Fault, Nemesis, Workload,
+    check_and_report, every_fault, run_clients, run_seconds, Nemesis, Workload,
 };
-use kv_testkit::lockcheck::{self, run_lock_clients, LockWorkload};
+use kv_testkit::lockcheck;
 
 async fn connect(endpoint: String, ns: &str, consistency: Consistency) -> Arc<dyn Store> {
     let cfg = EtcdConfig::new([endpoint.clone()])
@@ -154,59 +154,20 @@ async fn locks_exclude_and_fence_under_faults() {
     let Some(mut cluster) = EtcdCluster::start().await else {
         return;
     };
-    let ns = "lock-faults";
     let mut stores = Vec::new();
     for c in 0..6 {
         let ep = cluster.members[c % 3].endpoint();
-        stores.push(connect(ep, ns, Consistency::Linearizable).await);
+        stores.push(connect(ep, "lock-faults", Consistency::Linearizable).await);
     }
-    let workload = LockWorkload {
-        lock_key: "lock".into(),
-        data_key: "data".into(),
-        duration: run_seconds(20),
-        ttl: Duration::from_secs(2),
-        op_timeout: Duration::from_secs(4),
-        writes: (2, 5),
-        gap_ms: (20, 300),
-        seed: 0x10c,
-        holder: Default::default(),
-    };
-    let holder = workload.holder.clone();
-    let nemesis = Nemesis {
-        // Pauses and cuts (a killed member's restart would mostly stall the run).
-        faults: every_fault(&cluster.partitions_unavailable)
-            .into_iter()
-            .filter(|f| *f != Fault::Kill)
-            .collect(),
-        targets: vec![0, 1, 2],
-        gap_ms: (500, 1500),
-        // Faults long enough for a holder's lease (TTL 2 s) to expire behind them.
-        hold_ms: (1000, 3000),
-        seed: 0x10d,
-    };
-    let start = Instant::now();
-    let until = start + workload.duration;
-    let ((acqs, tally), report) = tokio::join!(
-        run_lock_clients(stores.clone(), &workload, start),
-        // Every fault hits the member the holder talks to (client c uses member c % 3).
-        nemesis.run_aimed(&mut cluster.members, until, || holder
-            .current()
-            .map(|c| c % 3))
-    );
-    let summary =
-        lockcheck::check_and_report("etcd (3 members)", &acqs, tally, &report, start.elapsed());
-    for s in stores {
-        let _ = s.close().await;
-    }
-    assert!(
-        summary.acquisitions >= 5,
-        "only {} acquisitions",
-        summary.acquisitions
-    );
-    assert!(
-        report.total() >= 3,
-        "the nemesis injected {} faults",
-        report.total()
-    );
-    assert_eq!(summary.violations, Vec::<String>::new());
+    // Faults long enough for a holder's lease (TTL 2 s) to expire behind them.
+    lockcheck::run_aimed_lock_faults(
+        "etcd (3 members)",
+        stores,
+        &mut cluster.members,
+        &cluster.partitions_unavailable,
+        Duration::from_secs(2),
+        (500, 1500),
+        (1000, 3000),
+    )
+    .await;
 }

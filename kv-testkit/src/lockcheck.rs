@@ -332,5 +332,69 @@ pub fn check_and_report(
     s
 }
 
+/// The lock fault run of a driver's tests: one client per store (store `c` connected to
+/// member `c % members.len()`) runs [`run_lock_clients`] on keys `lock` and `data` for
+/// `run_seconds(20)`, while a nemesis of pauses and cuts (no kills: a restart would mostly
+/// stall the run) aims every fault at the member the current holder talks to, each held for
+/// `hold_ms` (long enough for the backend to end a silent holder's lock) after `gap_ms`.
+/// Prints the report, closes the stores, and panics on a violation, on fewer than 5
+/// acquisitions or on fewer than 2 faults.
+pub async fn run_aimed_lock_faults<M: crate::faults::Member>(
+    what: &str,
+    stores: Vec<Arc<dyn Store>>,
+    members: &mut [M],
+    partitions_unavailable: &Option<String>,
+    ttl: Duration,
+    gap_ms: (u64, u64),
+    hold_ms: (u64, u64),
+) -> LockSummary {
+    use crate::faults::{every_fault, run_seconds, Fault, Nemesis};
+    let workload = LockWorkload {
+        lock_key: "lock".into(),
+        data_key: "data".into(),
+        duration: run_seconds(20),
+        ttl,
+        op_timeout: Duration::from_secs(4),
+        writes: (2, 5),
+        gap_ms: (20, 300),
+        seed: 0x10c,
+        holder: Holder::default(),
+    };
+    let nemesis = Nemesis {
+        faults: every_fault(partitions_unavailable)
+            .into_iter()
+            .filter(|f| *f != Fault::Kill)
+            .collect(),
+        targets: (0..members.len()).collect(),
+        gap_ms,
+        hold_ms,
+        seed: 0x10d,
+    };
+    let n = members.len();
+    let start = Instant::now();
+    let until = start + workload.duration;
+    let holder = workload.holder.clone();
+    let ((acqs, tally), report) = tokio::join!(
+        run_lock_clients(stores.clone(), &workload, start),
+        nemesis.run_aimed(members, until, || holder.current().map(|c| c % n))
+    );
+    let summary = check_and_report(what, &acqs, tally, &report, start.elapsed());
+    for s in stores {
+        let _ = s.close().await;
+    }
+    assert!(
+        summary.acquisitions >= 5,
+        "only {} acquisitions",
+        summary.acquisitions
+    );
+    assert!(
+        report.total() >= 2,
+        "the nemesis injected {} faults",
+        report.total()
+    );
+    assert_eq!(summary.violations, Vec::<String>::new());
+    summary
+}
+
 #[cfg(test)]
 mod tests;

@@ -12,7 +12,7 @@ use kv_core::{Consistency, Store};
 use kv_testkit::faults::{
     check_and_report, every_fault, run_clients, run_seconds, Fault, Nemesis, Workload,
 };
-use kv_testkit::lockcheck::{self, run_lock_clients, LockWorkload};
+use kv_testkit::lockcheck;
 use kv_testkit::zookeeper::ZkEnsemble;
 use kv_zookeeper::{ZkConfig, ZkStore};
 
@@ -227,64 +227,22 @@ async fn locks_exclude_and_fence_under_faults() {
     let Some(mut ens) = ZkEnsemble::start().await else {
         return;
     };
-    let ns = "lock-faults";
     let mut stores = Vec::new();
     for c in 0..6 {
         let ep = ens.nodes[c % 3].endpoint();
         // Sessions (so locks) end 2 s after their member went silent.
         let session = Duration::from_secs(2);
-        stores.push(connect_with(ep, ns, Consistency::Linearizable, session).await);
+        stores.push(connect_with(ep, "lock-faults", Consistency::Linearizable, session).await);
     }
-    let workload = LockWorkload {
-        lock_key: "lock".into(),
-        data_key: "data".into(),
-        duration: run_seconds(20),
-        ttl: Duration::from_secs(2),
-        op_timeout: Duration::from_secs(4),
-        writes: (2, 5),
-        gap_ms: (20, 300),
-        seed: 0x10c,
-        holder: Default::default(),
-    };
-    let holder = workload.holder.clone();
-    let nemesis = Nemesis {
-        // Pauses and cuts (a killed member's restart would mostly stall the run).
-        faults: every_fault(&ens.partitions_unavailable)
-            .into_iter()
-            .filter(|f| *f != Fault::Kill)
-            .collect(),
-        targets: vec![0, 1, 2],
-        gap_ms: (1000, 2500),
-        // Faults long enough for a holder's session to expire behind them.
-        hold_ms: (2000, 4500),
-        seed: 0x10d,
-    };
-    let start = Instant::now();
-    let until = start + workload.duration;
-    let ((acqs, tally), report) = tokio::join!(
-        run_lock_clients(stores.clone(), &workload, start),
-        // Every fault hits the member the holder talks to (client c uses member c % 3).
-        nemesis.run_aimed(&mut ens.nodes, until, || holder.current().map(|c| c % 3))
-    );
-    let summary = lockcheck::check_and_report(
+    // Faults long enough for a holder's session to expire behind them.
+    lockcheck::run_aimed_lock_faults(
         "zookeeper (3 nodes)",
-        &acqs,
-        tally,
-        &report,
-        start.elapsed(),
-    );
-    for s in stores {
-        let _ = s.close().await;
-    }
-    assert!(
-        summary.acquisitions >= 5,
-        "only {} acquisitions",
-        summary.acquisitions
-    );
-    assert!(
-        report.total() >= 3,
-        "the nemesis injected {} faults",
-        report.total()
-    );
-    assert_eq!(summary.violations, Vec::<String>::new());
+        stores,
+        &mut ens.nodes,
+        &ens.partitions_unavailable,
+        Duration::from_secs(2),
+        (1000, 2500),
+        (2000, 4500),
+    )
+    .await;
 }
