@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 use kv_consul::{ConsulConfig, ConsulStore};
 use kv_core::{Consistency, PutOptions, Store};
 use kv_testkit::consul_cluster::ConsulCluster;
-use kv_testkit::faults::{
-    check_and_report, every_fault, run_clients, run_seconds, Fault, Nemesis, Workload,
-};
+use kv_testkit::faults::{every_fault, run_default_reads, stale_reads_are_caught, StaleSetup};
 use kv_testkit::lockcheck;
 
 async fn connect(endpoint: String, ns: &str, consistency: Consistency) -> Arc<dyn Store> {
@@ -30,71 +28,25 @@ async fn connect(endpoint: String, ns: &str, consistency: Consistency) -> Arc<dy
     )
 }
 
-async fn close_all(stores: Vec<Arc<dyn Store>>) {
-    for s in stores {
-        let _ = s.close().await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn default_reads_are_linearizable_under_kills_pauses_and_partitions() {
     let _slot = kv_testkit::cluster_slot().await;
     let Some(mut cluster) = ConsulCluster::start().await else {
         return;
     };
-    let ns = "lin-consul";
     let mut stores = Vec::new();
     for c in 0..6 {
         let ep = cluster.members[c % 3].endpoint();
-        stores.push(connect(ep, ns, Consistency::Linearizable).await);
+        stores.push(connect(ep, "lin-consul", Consistency::Linearizable).await);
     }
-    let workload = Workload {
-        keys: (0..4).map(|k| format!("k{k}")).collect(),
-        duration: run_seconds(15),
-        op_timeout: Duration::from_secs(4),
-        get_per_mille: 400,
-        seed: 0xc075,
-    };
-    let nemesis = Nemesis {
-        faults: every_fault(&cluster.partitions_unavailable),
-        targets: vec![0, 1, 2],
-        gap_ms: (300, 800),
-        hold_ms: (400, 1500),
-        seed: 0xc076,
-    };
-    let start = Instant::now();
-    let until = start + workload.duration;
-    let (histories, report) = tokio::join!(
-        run_clients(stores.clone(), &workload, start),
-        nemesis.run(&mut cluster.members, until)
-    );
-    let summary = check_and_report(
+    run_default_reads(
         "consul (3 servers, default reads)",
-        &histories,
-        &report,
-        start.elapsed(),
-    );
-    close_all(stores).await;
-    if summary.undecided > 0 {
-        // The search's budget runs out on long histories with many unknown-outcome writes
-        // (each may take effect at any later point); they come in bursts when the leader dies.
-        eprintln!("the nemesis's log:");
-        for line in &report.log {
-            eprintln!("    {line}");
-        }
-    }
-    let known = summary.operations - summary.unknown;
-    assert!(known >= 100, "only {known} operations completed");
-    assert!(
-        report.total() >= 3,
-        "the nemesis injected {} faults",
-        report.total()
-    );
-    assert_eq!(summary.undecided, 0, "some histories could not be decided");
-    assert_eq!(
-        summary.violations, 0,
-        "non-linearizable histories (printed above)"
-    );
+        stores,
+        &mut cluster.members,
+        &cluster.partitions_unavailable,
+        0xc075,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -105,60 +57,22 @@ async fn stale_reads_on_a_lagging_follower_are_caught() {
     };
     let leader = cluster.leader(Duration::from_secs(60)).await;
     let follower = (leader + 1) % 3;
-    // Up to 3 attempts (one has always been enough): a follower applies a commit after the
-    // leader has answered the write (a majority without it stored the entry), so `?stale`
-    // reads there see older values, from the first writes on; freezing it widens the lag.
-    let mut found = 0;
-    for attempt in 0..3u64 {
-        let ns = format!("lin-consul-stale-{attempt}");
-        // Writers on the leader (default reads), readers on the follower (stale reads).
-        let mut stores = Vec::new();
-        for _ in 0..2 {
-            let ep = cluster.members[leader].endpoint();
-            stores.push(connect(ep, &ns, Consistency::Linearizable).await);
-        }
-        for _ in 0..2 {
-            let ep = cluster.members[follower].endpoint();
-            stores.push(connect(ep, &ns, Consistency::Stale).await);
-        }
-        let workload = Workload {
-            keys: vec!["a".into(), "b".into()],
-            duration: Duration::from_secs(8),
-            op_timeout: Duration::from_secs(4),
-            get_per_mille: 500,
-            seed: 0x5a1e + attempt,
-        };
-        // Freeze the follower often and briefly: the quorum (leader + other follower) goes on.
-        let nemesis = Nemesis {
-            faults: vec![Fault::Pause],
-            targets: vec![follower],
-            gap_ms: (100, 300),
-            hold_ms: (150, 500),
-            seed: 0x5a1f + attempt,
-        };
-        let start = Instant::now();
-        let until = start + workload.duration;
-        let (histories, report) = tokio::join!(
-            run_clients(stores.clone(), &workload, start),
-            nemesis.run(&mut cluster.members, until)
-        );
-        let summary = check_and_report(
-            &format!(
-                "consul (consistency=stale on a paused follower, attempt {})",
-                attempt + 1
-            ),
-            &histories,
-            &report,
-            start.elapsed(),
-        );
-        close_all(stores).await;
-        assert_eq!(summary.undecided, 0, "some histories could not be decided");
-        found = summary.violations;
-        if found > 0 {
-            break;
-        }
-    }
-    assert!(found > 0, "the checker found no stale read in 3 attempts");
+    // One attempt has always been enough: a follower applies a commit after the leader has
+    // answered the write (a majority without it stored the entry), so `?stale` reads there
+    // see older values, from the first writes on; freezing it widens the lag.
+    let at = StaleSetup {
+        leader: cluster.members[leader].endpoint(),
+        follower: cluster.members[follower].endpoint(),
+        follower_index: follower,
+        namespace: "lin-consul-stale",
+    };
+    stale_reads_are_caught(
+        "consul",
+        &mut cluster.members,
+        at,
+        |ep, ns, mode| async move { connect(ep, &ns, mode).await },
+    )
+    .await;
 }
 
 /// The partition is real: cut off, the leader loses its followers and the other two elect a

@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 use kv_core::{Consistency, Store};
 use kv_etcd::{EtcdConfig, EtcdStore};
 use kv_testkit::etcd::EtcdCluster;
-use kv_testkit::faults::{
-    check_and_report, every_fault, run_clients, run_seconds, Nemesis, Workload,
-};
+use kv_testkit::faults::{every_fault, run_default_reads};
 use kv_testkit::lockcheck;
 
 async fn connect(endpoint: String, ns: &str, consistency: Consistency) -> Arc<dyn Store> {
@@ -33,54 +31,19 @@ async fn default_reads_are_linearizable_under_kills_pauses_and_partitions() {
     let Some(mut cluster) = EtcdCluster::start().await else {
         return;
     };
-    let ns = "lin-etcd";
     let mut stores = Vec::new();
     for c in 0..6 {
         let ep = cluster.members[c % 3].endpoint();
-        stores.push(connect(ep, ns, Consistency::Linearizable).await);
+        stores.push(connect(ep, "lin-etcd", Consistency::Linearizable).await);
     }
-    let workload = Workload {
-        keys: (0..4).map(|k| format!("k{k}")).collect(),
-        duration: run_seconds(15),
-        op_timeout: Duration::from_secs(4),
-        get_per_mille: 400,
-        seed: 0x13e7,
-    };
-    let nemesis = Nemesis {
-        faults: every_fault(&cluster.partitions_unavailable),
-        targets: vec![0, 1, 2],
-        gap_ms: (300, 800),
-        hold_ms: (400, 1500),
-        seed: 0x13e8,
-    };
-    let start = Instant::now();
-    let until = start + workload.duration;
-    let handles = stores.clone();
-    let (histories, report) = tokio::join!(
-        run_clients(handles, &workload, start),
-        nemesis.run(&mut cluster.members, until)
-    );
-    let summary = check_and_report(
+    run_default_reads(
         "etcd (3 members, default reads)",
-        &histories,
-        &report,
-        start.elapsed(),
-    );
-    for s in stores {
-        let _ = s.close().await;
-    }
-    let known = summary.operations - summary.unknown;
-    assert!(known >= 100, "only {known} operations completed");
-    assert!(
-        report.total() >= 3,
-        "the nemesis injected {} faults",
-        report.total()
-    );
-    assert_eq!(summary.undecided, 0, "some histories could not be decided");
-    assert_eq!(
-        summary.violations, 0,
-        "non-linearizable histories (printed above)"
-    );
+        stores,
+        &mut cluster.members,
+        &cluster.partitions_unavailable,
+        0x13e7,
+    )
+    .await;
 }
 
 /// The partition is real: cut off, the leader loses its followers and another member is

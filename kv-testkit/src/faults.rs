@@ -14,6 +14,9 @@ use rand::{Rng, SeedableRng};
 
 use crate::linearizability::{Input, Operation, Output, Summary, Value, Verdict};
 
+mod runs;
+pub use runs::{run_default_reads, stale_reads_are_caught, StaleSetup};
+
 /// Seconds of client traffic per run: `KV_LIN_SECONDS` if set (a longer local run), else
 /// `default`.
 pub fn run_seconds(default: u64) -> Duration {
@@ -385,7 +388,7 @@ pub fn check_and_report(
             }
         }
     });
-    if summary.violations > 0 || std::env::var("KV_NEMESIS_LOG").is_ok() {
+    if summary.violations > 0 || summary.undecided > 0 || std::env::var("KV_NEMESIS_LOG").is_ok() {
         eprintln!("{what}: the nemesis's log:");
         for line in &nemesis.log {
             eprintln!("    {line}");

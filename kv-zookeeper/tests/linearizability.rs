@@ -9,9 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kv_core::{Consistency, Store};
-use kv_testkit::faults::{
-    check_and_report, every_fault, run_clients, run_seconds, Fault, Nemesis, Workload,
-};
+use kv_testkit::faults::{every_fault, run_default_reads, stale_reads_are_caught, StaleSetup};
 use kv_testkit::lockcheck;
 use kv_testkit::zookeeper::ZkEnsemble;
 use kv_zookeeper::{ZkConfig, ZkStore};
@@ -38,12 +36,6 @@ async fn connect_with(
     )
 }
 
-async fn close_all(stores: Vec<Arc<dyn Store>>) {
-    for s in stores {
-        let _ = s.close().await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn default_reads_are_linearizable_under_kills_pauses_and_partitions() {
     let _slot = kv_testkit::cluster_slot().await;
@@ -51,51 +43,19 @@ async fn default_reads_are_linearizable_under_kills_pauses_and_partitions() {
         return;
     };
     ens.leader(Duration::from_secs(60)).await;
-    let ns = "/lin-zk";
     let mut stores = Vec::new();
     for c in 0..6 {
         let ep = ens.nodes[c % 3].endpoint();
-        stores.push(connect(ep, ns, Consistency::Linearizable).await);
+        stores.push(connect(ep, "/lin-zk", Consistency::Linearizable).await);
     }
-    let workload = Workload {
-        keys: (0..4).map(|k| format!("k{k}")).collect(),
-        duration: run_seconds(15),
-        op_timeout: Duration::from_secs(4),
-        get_per_mille: 400,
-        seed: 0x2e7,
-    };
-    let nemesis = Nemesis {
-        faults: every_fault(&ens.partitions_unavailable),
-        targets: vec![0, 1, 2],
-        gap_ms: (300, 800),
-        hold_ms: (400, 1500),
-        seed: 0x2e8,
-    };
-    let start = Instant::now();
-    let until = start + workload.duration;
-    let (histories, report) = tokio::join!(
-        run_clients(stores.clone(), &workload, start),
-        nemesis.run(&mut ens.nodes, until)
-    );
-    let summary = check_and_report(
+    run_default_reads(
         "zookeeper (3 nodes, default reads)",
-        &histories,
-        &report,
-        start.elapsed(),
-    );
-    close_all(stores).await;
-    let known = summary.operations - summary.unknown;
-    assert!(known >= 100, "only {known} operations completed");
-    assert!(
-        report.total() >= 3,
-        "the nemesis injected {} faults",
-        report.total()
-    );
-    assert_eq!(summary.undecided, 0, "some histories could not be decided");
-    assert_eq!(
-        summary.violations, 0,
-        "non-linearizable histories (printed above)"
-    );
+        stores,
+        &mut ens.nodes,
+        &ens.partitions_unavailable,
+        0x2e7,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -108,56 +68,16 @@ async fn stale_reads_on_a_lagging_follower_are_caught() {
     let follower = (leader + 1) % 3;
     // Up to 3 attempts: the stale reads come from races (a resumed follower answering before
     // it applied the commits it missed), won in about a quarter of the tries.
-    let mut found = 0;
-    for attempt in 0..3u64 {
-        let ns = format!("/lin-zk-stale-{attempt}");
-        // Writers on the leader (default reads), readers on the follower (stale reads).
-        let mut stores = Vec::new();
-        for _ in 0..2 {
-            stores
-                .push(connect(ens.nodes[leader].endpoint(), &ns, Consistency::Linearizable).await);
-        }
-        for _ in 0..2 {
-            stores.push(connect(ens.nodes[follower].endpoint(), &ns, Consistency::Stale).await);
-        }
-        let workload = Workload {
-            keys: vec!["a".into(), "b".into()],
-            duration: Duration::from_secs(8),
-            op_timeout: Duration::from_secs(4),
-            get_per_mille: 500,
-            seed: 0x5a1e + attempt,
-        };
-        // Freeze the follower often and briefly: the quorum (leader + other follower) goes on.
-        let nemesis = Nemesis {
-            faults: vec![Fault::Pause],
-            targets: vec![follower],
-            gap_ms: (100, 300),
-            hold_ms: (150, 500),
-            seed: 0x5a1f + attempt,
-        };
-        let start = Instant::now();
-        let until = start + workload.duration;
-        let (histories, report) = tokio::join!(
-            run_clients(stores.clone(), &workload, start),
-            nemesis.run(&mut ens.nodes, until)
-        );
-        let summary = check_and_report(
-            &format!(
-                "zookeeper (consistency=stale on a paused follower, attempt {})",
-                attempt + 1
-            ),
-            &histories,
-            &report,
-            start.elapsed(),
-        );
-        close_all(stores).await;
-        assert_eq!(summary.undecided, 0, "some histories could not be decided");
-        found = summary.violations;
-        if found > 0 {
-            break;
-        }
-    }
-    assert!(found > 0, "the checker found no stale read in 3 attempts");
+    let at = StaleSetup {
+        leader: ens.nodes[leader].endpoint(),
+        follower: ens.nodes[follower].endpoint(),
+        follower_index: follower,
+        namespace: "/lin-zk-stale",
+    };
+    stale_reads_are_caught("zookeeper", &mut ens.nodes, at, |ep, ns, mode| async move {
+        connect(ep, &ns, mode).await
+    })
+    .await;
 }
 
 /// The partition is real: cut off, the leader stops serving and the other two elect a leader;
