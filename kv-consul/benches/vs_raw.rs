@@ -2,7 +2,9 @@
 //! Consul agent: sequential and 64-task concurrent put of new keys, put over existing keys, get
 //! and delete of 100-byte values. Uses `KV_CONSUL_ADDR` if set (an agent on 127.0.0.1), else
 //! starts its own agent (kv_testkit). `KV_BENCH_N` operations per measurement (default 2000;
-//! `KV_BENCH_ONLY` picks workloads by name, and a delete row needs its new-key row); each figure is the best of `KV_BENCH_ROUNDS` (default 5) rounds, kv and raw alternating
+//! `KV_BENCH_PAR_N`, default 4 × that, with 64 tasks; `KV_BENCH_ONLY` picks workloads by name,
+//! and a delete row needs its new-key row); each figure is the best of `KV_BENCH_ROUNDS`
+//! (default 11) rounds, kv and raw alternating
 //! (also printed: the median of the per-round ratios, the client process's CPU time per
 //! operation, and for writes the raft entries per call: the agent's raft `last_log_index`
 //! read around every run).
@@ -321,8 +323,8 @@ async fn raw_run(raw: &Arc<Raw>, keys: &Arc<Keys>, op: Op, n: usize, tasks: usiz
 
 #[tokio::main]
 async fn main() {
-    let n = bench::env_usize("KV_BENCH_N", 2000);
-    let rounds = bench::env_usize("KV_BENCH_ROUNDS", 5).max(1);
+    let n = bench::ops_per_run(2000, 1);
+    let rounds = bench::rounds();
     let Some((addrs, _server)) = bench::endpoint_or_start(
         "KV_CONSUL_ADDR",
         kv_testkit::consul::Consul::start(Default::default()),
@@ -363,7 +365,9 @@ async fn main() {
     raw_run(&raw, &raw_keys, Op::Put, TASKS * 50, TASKS).await;
 
     println!(
-        "Consul {version} at {addr}: N = {n} ops per measurement, best of {rounds} rounds, 100-byte values"
+        "Consul {version} at {addr}: N = {n} ops per measurement ({} with {TASKS} tasks), \
+         {rounds} rounds, 100-byte values",
+        bench::ops_per_run(2000, TASKS)
     );
     let report = Report::best_of_rounds();
     report.print_header();
@@ -426,7 +430,7 @@ async fn main() {
         if !bench::selected(name) {
             continue;
         }
-        let n = bench::round_to_tasks(n, tasks);
+        let n = bench::ops_per_run(2000, tasks);
         // Fresh stores (see `Stores::open`), their pool filled outside the measurement by
         // reads on the store the workload uses.
         let stores = Stores::open(addr).await;

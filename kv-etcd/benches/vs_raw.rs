@@ -4,18 +4,24 @@
 //! request, **get (stale)** is a kv store opened with `consistency=stale` against a
 //! serializable range request (`GetOptions::with_serializable`). Uses `KV_ETCD_ENDPOINTS` if set (a member
 //! on 127.0.0.1: its `/metrics` is read), else starts its own etcd (kv_testkit).
-//! `KV_BENCH_N` operations per measurement (default 2000; `KV_BENCH_ONLY` picks workloads by
+//! `KV_BENCH_N` operations per measurement (default 2000; `KV_BENCH_PAR_N`, default 4 × that,
+//! with 64 tasks; `KV_BENCH_ONLY` picks workloads by
 //! name, and a delete row needs its new-key row); each figure is the best of
-//! `KV_BENCH_ROUNDS` (default 5) rounds, kv and raw alternating (also printed: the median of
+//! `KV_BENCH_ROUNDS` (default 11) rounds, kv and raw alternating (also printed: the median of
 //! the per-round ratios, client CPU per call, and requests per call as the server counted them:
 //! `grpc_server_started_total{grpc_type="unary"}` of its `/metrics`, read around every run).
+//!
+//! `KV_BENCH_RAW_OPTIONS=kv` connects the raw client with kv-etcd's connect options (HTTP/2
+//! keep-alive pings every 10 s, `hasleader` metadata on every request) instead of etcd-client's
+//! defaults, to separate what those options cost from what kv's own code costs.
 //!
 //! Run: `cargo bench -p kv-etcd --bench vs_raw`
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use etcd_client::{Client, GetOptions};
+use etcd_client::{Client, ConnectOptions, GetOptions};
 use kv_core::{PutOptions, Store};
 use kv_etcd::EtcdStore;
 use kv_testkit::bench::{self, Report, Sample};
@@ -39,7 +45,7 @@ enum Op {
 }
 
 /// New keys and deletes walk one sequence of fresh keys per side (deletes consume them in
-/// creation order); overwrites and gets use the keys `bench/old/{t}/{i}` of the setup.
+/// creation order); overwrites and gets use the keys `bench/old/{t}/{i % 50}` of the setup.
 #[derive(Default)]
 struct Keys {
     created: AtomicUsize,
@@ -51,7 +57,7 @@ impl Keys {
         match op {
             Op::PutNew => format!("bench/new/{}", self.created.fetch_add(1, Ordering::Relaxed)),
             Op::Delete => format!("bench/new/{}", self.deleted.fetch_add(1, Ordering::Relaxed)),
-            Op::Overwrite | Op::Get | Op::GetStale => format!("bench/old/{t}/{i}"),
+            Op::Overwrite | Op::Get | Op::GetStale => format!("bench/old/{t}/{}", i % 50),
         }
     }
 }
@@ -117,8 +123,8 @@ async fn raw_run(client: &Client, keys: &Arc<Keys>, op: Op, n: usize, tasks: usi
 
 #[tokio::main]
 async fn main() {
-    let n = bench::env_usize("KV_BENCH_N", 2000);
-    let rounds = bench::env_usize("KV_BENCH_ROUNDS", 5).max(1);
+    let n = bench::ops_per_run(2000, 1);
+    let rounds = bench::rounds();
     let Some((endpoints, _server)) = bench::endpoint_or_start(
         "KV_ETCD_ENDPOINTS",
         kv_testkit::etcd::EtcdServer::start(),
@@ -142,19 +148,28 @@ async fn main() {
                 .expect("connect kv (stale)"),
         ),
     };
-    let client = Client::connect([format!("http://{endpoint}")], None)
+    // `KV_BENCH_RAW_OPTIONS=kv`: the raw client connects with kv-etcd's options (HTTP/2
+    // keep-alive pings, `hasleader` on every request); by default with etcd-client's.
+    let raw_options = (std::env::var("KV_BENCH_RAW_OPTIONS").as_deref() == Ok("kv")).then(|| {
+        ConnectOptions::new()
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_keep_alive_while_idle(false)
+            .with_require_leader(true)
+    });
+    let client = Client::connect([format!("http://{endpoint}")], raw_options.clone())
         .await
         .expect("connect raw");
     let (kv_keys, raw_keys) = (Arc::new(Keys::default()), Arc::new(Keys::default()));
-    // The keys overwrites and gets use (every (task, i) of both shapes), and a warm-up.
+    // The keys overwrites and gets use (50 per task), and a warm-up.
     for tasks in [1, TASKS] {
-        let n = bench::round_to_tasks(n, tasks);
-        kv_run(&stores, &kv_keys, Op::Overwrite, n, tasks).await;
-        raw_run(&client, &raw_keys, Op::Overwrite, n, tasks).await;
+        kv_run(&stores, &kv_keys, Op::Overwrite, 50 * tasks, tasks).await;
+        raw_run(&client, &raw_keys, Op::Overwrite, 50 * tasks, tasks).await;
     }
     println!(
-        "etcd at {endpoint}: N = {n} ops per measurement, best of {rounds} rounds, 100-byte values; \
-         requests/op from the server's grpc_server_started_total (unary)"
+        "etcd at {endpoint}: N = {n} ops per measurement ({} with {TASKS} tasks), {rounds} rounds, 100-byte values; \
+         requests/op from the server's grpc_server_started_total (unary); raw client options: {}",
+        bench::ops_per_run(2000, TASKS),
+        if raw_options.is_some() { "kv-etcd's (keep-alive, require leader)" } else { "etcd-client's defaults" }
     );
     let report = Report::best_of_rounds();
     report.print_header();
@@ -174,7 +189,7 @@ async fn main() {
         if !bench::selected(name) {
             continue;
         }
-        let n = bench::round_to_tasks(n, tasks);
+        let n = bench::ops_per_run(2000, tasks);
         let samples = bench::alternate(
             rounds,
             || bench::counted(count, kv_run(&stores, &kv_keys, op, n, tasks)),

@@ -40,6 +40,25 @@ pub fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// Rounds per workload: `KV_BENCH_ROUNDS`, default 11 (the median of the per-round ratios is
+/// what the benchmark tables report; fewer rounds let this machine's noise decide it).
+pub fn rounds() -> usize {
+    env_usize("KV_BENCH_ROUNDS", 11).max(1)
+}
+
+/// Operations per measured run of a workload on `tasks` tasks: `KV_BENCH_N` (default `n`)
+/// for one task; `KV_BENCH_PAR_N` (default 4 × that) for more, rounded down to a whole number
+/// per task (concurrent runs go several times faster, and runs of a few tens of milliseconds
+/// measure scheduling more than the client).
+pub fn ops_per_run(n: usize, tasks: usize) -> usize {
+    let n = env_usize("KV_BENCH_N", n);
+    if tasks == 1 {
+        n
+    } else {
+        round_to_tasks(env_usize("KV_BENCH_PAR_N", 4 * n), tasks)
+    }
+}
+
 /// Whether workload `name` is to run: every one unless `KV_BENCH_ONLY` is set, then those
 /// whose name contains its value (e.g. `KV_BENCH_ONLY="64-task get"` for a profile).
 pub fn selected(name: &str) -> bool {
@@ -50,6 +69,10 @@ pub fn selected(name: &str) -> bool {
 /// not blank; otherwise the endpoint of the server `start` launches, returned with the server,
 /// which runs as long as the caller keeps it. `None` when `start` gives no server (not installed:
 /// the launcher has printed why).
+///
+/// A server started here keeps its data on the tmpfs `/dev/shm` (when there is one and
+/// `KV_TEST_DATA_ROOT` does not name another directory): the benchmarks compare client work,
+/// and this VM's disk made single rounds' fsync-bound throughput vary up to 4× on its own.
 pub async fn endpoint_or_start<S>(
     env: &str,
     start: impl Future<Output = Option<S>>,
@@ -58,6 +81,15 @@ pub async fn endpoint_or_start<S>(
     match std::env::var(env) {
         Ok(e) if !e.trim().is_empty() => Some((e, None)),
         _ => {
+            if std::path::Path::new("/dev/shm").is_dir() {
+                crate::set_data_root("/dev/shm");
+            }
+            if let Some(root) = crate::data_root() {
+                println!(
+                    "server data under {} (KV_TEST_DATA_ROOT to change)",
+                    root.display()
+                );
+            }
             let server = start.await?;
             Some((endpoint(&server), Some(server)))
         }
@@ -179,7 +211,8 @@ pub struct Rounds {
 }
 
 /// Runs `rounds` rounds of one `kv()` and one `raw()` run each: kv first in even rounds, raw
-/// first in odd ones, so drift in machine load hits both sides alike.
+/// first in odd ones, so drift in machine load hits both sides alike. With
+/// `KV_BENCH_ROUNDS_LOG` set, each round's rates go to stderr.
 pub async fn alternate<K, KFut, R, RFut>(rounds: usize, mut kv: K, mut raw: R) -> Rounds
 where
     K: FnMut() -> KFut,
@@ -196,6 +229,14 @@ where
             let w = raw().await;
             (kv().await, w)
         };
+        if std::env::var_os("KV_BENCH_ROUNDS_LOG").is_some() {
+            eprintln!(
+                "round {r}: kv {:.0} ops/s, raw {:.0} ops/s, kv/raw {:.2}",
+                k.rate(),
+                w.rate(),
+                k.rate() / w.rate()
+            );
+        }
         out.kv.push(k);
         out.raw.push(w);
     }
@@ -250,158 +291,9 @@ impl Rounds {
     }
 }
 
-/// How a [`Report`] lays its table out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Layout {
-    /// A Markdown table (`| a | b |` rows under a `|---|` line).
-    Markdown,
-    /// Plain columns: the workload left-aligned in `name_width` characters, numbers
-    /// right-aligned (12 characters for rates, 8 or the title's length for the others).
-    Aligned {
-        /// Width of the workload column.
-        name_width: usize,
-    },
-}
+mod report;
 
-struct Column {
-    title: String,
-    decimals: usize,
-    width: usize,
-}
-
-/// A kv-versus-raw table: a row per workload with kv ops/s, raw ops/s, kv ÷ raw and any extra
-/// columns added with [`Report::column`].
-pub struct Report {
-    layout: Layout,
-    workload: String,
-    columns: Vec<Column>,
-}
-
-impl Report {
-    /// A table in `layout` whose first four column titles are `titles`: the workload, kv ops/s,
-    /// raw ops/s and kv ÷ raw.
-    pub fn new(layout: Layout, titles: [&str; 4]) -> Report {
-        let [workload, kv, raw, ratio] = titles;
-        let report = Report {
-            layout,
-            workload: workload.to_string(),
-            columns: Vec::new(),
-        };
-        report.with(kv, 0, 12).with(raw, 0, 12).with(ratio, 2, 8)
-    }
-
-    /// The Markdown table of a best-of-rounds benchmark, filled with
-    /// [`Report::best_of_rounds_row`]: each side's best round (kv ops/s, raw ops/s, kv ÷ raw),
-    /// the median of the per-round ratios, each side's process CPU µs per operation and
-    /// each side's requests per operation as the server counted them (`–` when not counted).
-    pub fn best_of_rounds() -> Report {
-        Report::markdown([
-            "workload",
-            "kv ops/s (best)",
-            "raw ops/s (best)",
-            "kv / raw (best)",
-        ])
-        .column("kv / raw (median of rounds)", 2)
-        .column("kv client CPU µs/op", 1)
-        .column("raw client CPU µs/op", 1)
-        .column("kv server requests/op", 2)
-        .column("raw server requests/op", 2)
-    }
-
-    /// Prints the row of workload `name` of a [`Report::best_of_rounds`] table.
-    pub fn best_of_rounds_row(&self, name: &str, rounds: &Rounds) {
-        self.best_of_rounds_row_with_requests(name, rounds, rounds.requests_per_op());
-    }
-
-    /// [`Report::best_of_rounds_row`] with the requests per operation `(kv, raw)` measured
-    /// apart from the timed rounds (for a server counter that cannot be read around each run,
-    /// e.g. Consul's per-interval metrics; `NaN` prints as `–`).
-    pub fn best_of_rounds_row_with_requests(
-        &self,
-        name: &str,
-        rounds: &Rounds,
-        (kv_req, raw_req): (f64, f64),
-    ) {
-        let (kv, raw) = rounds.best_rates();
-        let (kv_cpu, raw_cpu) = rounds.cpu_us_per_op();
-        self.row(
-            name,
-            kv,
-            raw,
-            &[rounds.median_ratio(), kv_cpu, raw_cpu, kv_req, raw_req],
-        );
-    }
-
-    /// [`Report::new`] with [`Layout::Markdown`].
-    pub fn markdown(titles: [&str; 4]) -> Report {
-        Report::new(Layout::Markdown, titles)
-    }
-
-    /// Adds a column after the others, printed with `decimals` decimals.
-    pub fn column(self, title: &str, decimals: usize) -> Report {
-        self.with(title, decimals, 8)
-    }
-
-    fn with(mut self, title: &str, decimals: usize, width: usize) -> Report {
-        let width = width.max(title.chars().count());
-        self.columns.push(Column {
-            title: title.to_string(),
-            decimals,
-            width,
-        });
-        self
-    }
-
-    fn line(&self, name: &str, cells: Vec<String>) -> String {
-        match self.layout {
-            Layout::Markdown => format!("| {name} | {} |", cells.join(" | ")),
-            Layout::Aligned { name_width } => {
-                let mut line = format!("{name:<name_width$}");
-                for (cell, col) in cells.iter().zip(&self.columns) {
-                    line.push_str(&format!(" {cell:>w$}", w = col.width));
-                }
-                line
-            }
-        }
-    }
-
-    /// The header line(s), without printing them.
-    pub fn header(&self) -> String {
-        let titles = self.columns.iter().map(|c| c.title.clone()).collect();
-        let head = self.line(&self.workload, titles);
-        match self.layout {
-            Layout::Markdown => format!("{head}\n|---|{}", "---|".repeat(self.columns.len())),
-            Layout::Aligned { .. } => head,
-        }
-    }
-
-    /// Prints [`Report::header`].
-    pub fn print_header(&self) {
-        println!("{}", self.header());
-    }
-
-    /// The row of workload `name`, without printing it: `kv` and `raw` ops/s, their ratio
-    /// `kv / raw`, then `extra` (one value per added column; `NaN` prints as `–`).
-    pub fn format_row(&self, name: &str, kv: f64, raw: f64, extra: &[f64]) -> String {
-        let values = [kv, raw, kv / raw].into_iter().chain(extra.iter().copied());
-        let cells = values
-            .zip(&self.columns)
-            .map(|(v, c)| {
-                if v.is_nan() {
-                    "–".to_string()
-                } else {
-                    format!("{v:.d$}", d = c.decimals)
-                }
-            })
-            .collect();
-        self.line(name, cells)
-    }
-
-    /// Prints [`Report::format_row`].
-    pub fn row(&self, name: &str, kv: f64, raw: f64, extra: &[f64]) {
-        println!("{}", self.format_row(name, kv, raw, extra));
-    }
-}
+pub use report::{Layout, Report};
 
 #[cfg(test)]
 mod tests {

@@ -90,12 +90,37 @@ pub fn require_binary(name: &str, install_hint: &str) -> Option<PathBuf> {
     }
 }
 
-/// A fresh temporary directory named after `tag`.
+/// Where [`temp_dir`] puts server data when `KV_TEST_DATA_ROOT` is not set (see
+/// [`set_data_root`]).
+static DATA_ROOT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Makes [`temp_dir`] create its directories under `root` from now on, unless
+/// `KV_TEST_DATA_ROOT` says otherwise; the first call wins. Benchmarks put the servers they
+/// start on a tmpfs this way (see [`bench::endpoint_or_start`]).
+pub fn set_data_root(root: impl Into<std::path::PathBuf>) {
+    let _ = DATA_ROOT.set(root.into());
+}
+
+/// The directory [`temp_dir`] uses: `KV_TEST_DATA_ROOT` when set and not empty, else what
+/// [`set_data_root`] set, else `None` (the system's temp dir).
+pub fn data_root() -> Option<std::path::PathBuf> {
+    std::env::var_os("KV_TEST_DATA_ROOT")
+        .filter(|r| !r.is_empty())
+        .map(Into::into)
+        .or_else(|| DATA_ROOT.get().cloned())
+}
+
+/// A fresh temporary directory named after `tag`, under [`data_root`] when there is one, else
+/// in the system's temp dir.
 pub fn temp_dir(tag: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("kv-{tag}-"))
-        .tempdir()
-        .expect("create temp dir")
+    let prefix = format!("kv-{tag}-");
+    let mut b = tempfile::Builder::new();
+    b.prefix(&prefix);
+    match data_root() {
+        Some(root) => b.tempdir_in(&root),
+        None => b.tempdir(),
+    }
+    .unwrap_or_else(|e| panic!("create a temp dir for {tag}: {e}"))
 }
 
 /// A server child process; SIGKILLed (and reaped) on drop.

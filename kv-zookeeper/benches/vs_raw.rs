@@ -2,8 +2,8 @@
 //!
 //! `cargo bench -p kv-zookeeper --bench vs_raw` — uses `KV_ZK_ENDPOINTS` if set (a server on
 //! 127.0.0.1: its `mntr` is read), else starts a server through kv_testkit. `KV_BENCH_N`
-//! operations per measurement (default 8000), split in `KV_BENCH_ROUNDS` rounds (default 8),
-//! kv and raw alternating; `KV_BENCH_ONLY` picks workloads by name (a delete row needs its
+//! operations per measurement (default 2000; `KV_BENCH_PAR_N`, default 4 × that, with 64
+//! tasks), `KV_BENCH_ROUNDS` rounds (default 11), kv and raw alternating; `KV_BENCH_ONLY` picks workloads by name (a delete row needs its
 //! new-key row: it deletes the keys that one created).
 //!
 //! Workloads, 100-byte values, sequential and with 64 concurrent tasks (one session shared by
@@ -145,8 +145,8 @@ async fn raw_run(c: &Client, keys: &Arc<Keys>, op: Op, n: usize, tasks: usize) -
 
 #[tokio::main]
 async fn main() {
-    let n = bench::env_usize("KV_BENCH_N", 8000);
-    let rounds = bench::env_usize("KV_BENCH_ROUNDS", 8).max(1);
+    let n = bench::ops_per_run(2000, 1);
+    let rounds = bench::rounds();
     let Some((ep, _server)) = bench::endpoint_or_start(
         "KV_ZK_ENDPOINTS",
         kv_testkit::zookeeper::ZkServer::start(),
@@ -222,8 +222,10 @@ async fn main() {
     }
 
     println!(
-        "kv-zookeeper vs zookeeper-client, server {ep}: N = {n} ops per workload in {rounds} rounds, \
-         100-byte values; requests/op from the server's mntr zk_packets_received"
+        "kv-zookeeper vs zookeeper-client, server {ep}: N = {n} ops per measurement ({} with \
+         {TASKS} tasks), {rounds} rounds, 100-byte values; requests/op from the server's mntr \
+         zk_packets_received",
+        bench::ops_per_run(2000, TASKS)
     );
     let report = Report::best_of_rounds();
     report.print_header();
@@ -245,7 +247,7 @@ async fn main() {
         if !bench::selected(name) {
             continue;
         }
-        let m = bench::round_to_tasks((n / rounds).max(tasks), tasks);
+        let m = bench::ops_per_run(2000, tasks);
         let samples = bench::alternate(
             rounds,
             || bench::counted(count, kv_run(&stores, &kv_keys, op, m, tasks)),
