@@ -113,6 +113,20 @@ pub fn needs_replace(old_ttl: Option<u64>, stat: &Stat, ttl: Option<Duration>) -
 /// `%` itself) are written as `%XX` UTF-8 escapes. `/` is kept unless `slash` is set.
 pub fn escape_path(key: &str, slash: bool) -> String {
     let mut out = String::with_capacity(key.len());
+    escape_path_into(&mut out, key, slash);
+    out
+}
+
+/// [`escape_path`] appended to `out` (one allocation for a whole znode path).
+pub fn escape_path_into(out: &mut String, key: &str, slash: bool) {
+    // Most keys are ASCII without `%` (and without `/` when it must be escaped): as they are.
+    if key
+        .bytes()
+        .all(|b| b.is_ascii() && b != b'%' && !(slash && b == b'/'))
+    {
+        out.push_str(key);
+        return;
+    }
     for c in key.chars() {
         let u = c as u32;
         let bad = c == '%'
@@ -129,7 +143,6 @@ pub fn escape_path(key: &str, slash: bool) -> String {
             out.push(c);
         }
     }
-    out
 }
 
 /// Reverses [`escape_path`].
@@ -212,5 +225,12 @@ mod tests {
             assert_eq!(unescape_path(&e), k);
         }
         assert_eq!(escape_path("a/b", true), "a%2Fb");
+        // The ASCII fast path keeps what needs no escaping, and appends.
+        assert_eq!(escape_path("app/db-1_x.y", false), "app/db-1_x.y");
+        assert_eq!(escape_path("db-1", true), "db-1");
+        let mut out = String::from("/ns/");
+        escape_path_into(&mut out, "a%b", false);
+        escape_path_into(&mut out, "/c", true);
+        assert_eq!(out, "/ns/a%25b%2Fc");
     }
 }

@@ -130,7 +130,11 @@ impl Inner {
 
     /// Znode path of a normalized key.
     pub fn path(&self, key: &str) -> String {
-        format!("{}/{}", self.base, codec::escape_path(key, false))
+        let mut path = String::with_capacity(self.base.len() + 1 + key.len());
+        path.push_str(&self.base);
+        path.push('/');
+        codec::escape_path_into(&mut path, key, false);
+        path
     }
 
     /// Znode path of a normalized prefix (`""` = the namespace root).
