@@ -1,10 +1,10 @@
 //! kv-consul versus plain HTTP requests (a reqwest client with the same settings) to the same
 //! Consul agent: sequential and 64-task concurrent put of new keys, put over existing keys, get
 //! and delete of 100-byte values. Uses `KV_CONSUL_ADDR` if set (an agent on 127.0.0.1), else
-//! starts its own agent (kv_testkit). `KV_BENCH_N` operations per measurement (default 2000;
+//! starts its own agent (kv_testkit). `KV_BENCH_N` operations per measurement (default 500;
 //! `KV_BENCH_PAR_N`, default 4 × that, with 64 tasks; `KV_BENCH_ONLY` picks workloads by name,
 //! and a delete row needs its new-key row); each figure is the best of `KV_BENCH_ROUNDS`
-//! (default 11) rounds, kv and raw alternating
+//! (default 41) rounds, kv and raw alternating
 //! (also printed: the median of the per-round ratios, the client process's CPU time per
 //! operation, and for writes the raft entries per call: the agent's raft `last_log_index`
 //! read around every run).
@@ -323,7 +323,7 @@ async fn raw_run(raw: &Arc<Raw>, keys: &Arc<Keys>, op: Op, n: usize, tasks: usiz
 
 #[tokio::main]
 async fn main() {
-    let n = bench::ops_per_run(2000, 1);
+    let n = bench::ops_per_run(500, 1);
     let rounds = bench::rounds();
     let Some((addrs, _server)) = bench::endpoint_or_start(
         "KV_CONSUL_ADDR",
@@ -367,7 +367,7 @@ async fn main() {
     println!(
         "Consul {version} at {addr}: N = {n} ops per measurement ({} with {TASKS} tasks), \
          {rounds} rounds, 100-byte values",
-        bench::ops_per_run(2000, TASKS)
+        bench::ops_per_run(500, TASKS)
     );
     let report = Report::best_of_rounds();
     report.print_header();
@@ -430,7 +430,7 @@ async fn main() {
         if !bench::selected(name) {
             continue;
         }
-        let n = bench::ops_per_run(2000, tasks);
+        let n = bench::ops_per_run(500, tasks);
         // Fresh stores (see `Stores::open`), their pool filled outside the measurement by
         // reads on the store the workload uses.
         let stores = Stores::open(addr).await;

@@ -25,7 +25,40 @@ fn invalid(key: &str, reason: impl Into<String>) -> Error {
     }
 }
 
+/// True when `path` is plainly valid: at most [`MAX_KEY_LEN`] bytes, all printable ASCII, and
+/// every segment non-empty, not `.`/`..`, and without a space at either end. One pass over the
+/// bytes; `false` leaves the verdict (and the error message) to [`check_path`]'s full rules.
+fn plainly_valid(path: &str) -> bool {
+    let b = path.as_bytes();
+    if b.len() > MAX_KEY_LEN {
+        return false;
+    }
+    let segment_ok = |s: &[u8]| {
+        !s.is_empty() && s != b"." && s != b".." && s[0] != b' ' && s[s.len() - 1] != b' '
+    };
+    let mut start = 0;
+    for (i, &c) in b.iter().enumerate() {
+        if c == b'/' {
+            if !segment_ok(&b[start..i]) {
+                return false;
+            }
+            start = i + 1;
+        } else if !(0x20..0x7f).contains(&c) {
+            return false;
+        }
+    }
+    segment_ok(&b[start..])
+}
+
 fn check_path(original: &str, path: &str) -> Result<()> {
+    if plainly_valid(path) {
+        return Ok(());
+    }
+    full_rules(original, path)
+}
+
+/// Every key rule, with the error that names the first one `path` breaks.
+fn full_rules(original: &str, path: &str) -> Result<()> {
     if path.len() > MAX_KEY_LEN {
         return Err(invalid(
             original,
@@ -161,6 +194,38 @@ pub fn check_previous(key: &str, previous: &crate::KvPair) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one-pass check never accepts what the full rules reject: every string over a small
+    /// alphabet (slashes, dots, spaces, controls, non-ASCII white space) up to 5 characters.
+    #[test]
+    fn fast_path_agrees_with_the_full_rules() {
+        let alphabet = [
+            'a', '/', '.', ' ', '\u{1}', '\u{7f}', '\u{85}', '\u{a0}', 'é',
+        ];
+        let mut words = vec![String::new()];
+        let mut checked = 0;
+        for _ in 0..5 {
+            let mut next = Vec::new();
+            for w in &words {
+                for c in alphabet {
+                    let mut x = w.clone();
+                    x.push(c);
+                    next.push(x);
+                }
+            }
+            for w in &next {
+                if plainly_valid(w) {
+                    checked += 1;
+                    let slow = full_rules(w, w);
+                    assert!(slow.is_ok(), "fast path accepted {w:?}: {slow:?}");
+                }
+            }
+            words = next;
+        }
+        assert!(checked > 100, "only {checked} accepted strings compared");
+        assert!(!plainly_valid(&"a".repeat(MAX_KEY_LEN + 1)));
+        assert!(plainly_valid(&"a".repeat(MAX_KEY_LEN)));
+    }
 
     #[test]
     fn slashes_are_trimmed() {

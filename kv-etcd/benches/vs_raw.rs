@@ -4,10 +4,10 @@
 //! request, **get (stale)** is a kv store opened with `consistency=stale` against a
 //! serializable range request (`GetOptions::with_serializable`). Uses `KV_ETCD_ENDPOINTS` if set (a member
 //! on 127.0.0.1: its `/metrics` is read), else starts its own etcd (kv_testkit).
-//! `KV_BENCH_N` operations per measurement (default 2000; `KV_BENCH_PAR_N`, default 4 × that,
+//! `KV_BENCH_N` operations per measurement (default 500; `KV_BENCH_PAR_N`, default 4 × that,
 //! with 64 tasks; `KV_BENCH_ONLY` picks workloads by
 //! name, and a delete row needs its new-key row); each figure is the best of
-//! `KV_BENCH_ROUNDS` (default 11) rounds, kv and raw alternating (also printed: the median of
+//! `KV_BENCH_ROUNDS` (default 41) rounds, kv and raw alternating (also printed: the median of
 //! the per-round ratios, client CPU per call, and requests per call as the server counted them:
 //! `grpc_server_started_total{grpc_type="unary"}` of its `/metrics`, read around every run).
 //!
@@ -123,7 +123,7 @@ async fn raw_run(client: &Client, keys: &Arc<Keys>, op: Op, n: usize, tasks: usi
 
 #[tokio::main]
 async fn main() {
-    let n = bench::ops_per_run(2000, 1);
+    let n = bench::ops_per_run(500, 1);
     let rounds = bench::rounds();
     let Some((endpoints, _server)) = bench::endpoint_or_start(
         "KV_ETCD_ENDPOINTS",
@@ -168,7 +168,7 @@ async fn main() {
     println!(
         "etcd at {endpoint}: N = {n} ops per measurement ({} with {TASKS} tasks), {rounds} rounds, 100-byte values; \
          requests/op from the server's grpc_server_started_total (unary); raw client options: {}",
-        bench::ops_per_run(2000, TASKS),
+        bench::ops_per_run(500, TASKS),
         if raw_options.is_some() { "kv-etcd's (keep-alive, require leader)" } else { "etcd-client's defaults" }
     );
     let report = Report::best_of_rounds();
@@ -189,7 +189,7 @@ async fn main() {
         if !bench::selected(name) {
             continue;
         }
-        let n = bench::ops_per_run(2000, tasks);
+        let n = bench::ops_per_run(500, tasks);
         let samples = bench::alternate(
             rounds,
             || bench::counted(count, kv_run(&stores, &kv_keys, op, n, tasks)),

@@ -2,8 +2,8 @@
 //!
 //! `cargo bench -p kv-zookeeper --bench vs_raw` — uses `KV_ZK_ENDPOINTS` if set (a server on
 //! 127.0.0.1: its `mntr` is read), else starts a server through kv_testkit. `KV_BENCH_N`
-//! operations per measurement (default 2000; `KV_BENCH_PAR_N`, default 4 × that, with 64
-//! tasks), `KV_BENCH_ROUNDS` rounds (default 11), kv and raw alternating; `KV_BENCH_ONLY` picks workloads by name (a delete row needs its
+//! operations per measurement (default 500; `KV_BENCH_PAR_N`, default 4 × that, with 64
+//! tasks), `KV_BENCH_ROUNDS` rounds (default 41), kv and raw alternating; `KV_BENCH_ONLY` picks workloads by name (a delete row needs its
 //! new-key row: it deletes the keys that one created).
 //!
 //! Workloads, 100-byte values, sequential and with 64 concurrent tasks (one session shared by
@@ -114,13 +114,13 @@ async fn raw_run(c: &Client, keys: &Arc<Keys>, op: Op, n: usize, tasks: usize) -
                     c.set_data(&path, &VALUE, None).await.unwrap();
                 }
                 Op::Get => {
-                    // What kv's default get sends, the way it sends it: the barrier goes out
-                    // when called, the `getData` when the joined future first polls it, so
-                    // both are pipelined and the server answers the read after the commit.
+                    // What kv's default get sends, the way it sends it: the barrier, then at
+                    // once the `getData` (both go out when called), pipelined; the server
+                    // answers the read after the commit.
                     let mut w = c.new_multi_writer();
                     w.add_check_version("/", -1).unwrap();
                     let barrier = w.commit();
-                    let read = async { c.get_data(&path).await };
+                    let read = c.get_data(&path);
                     let (b, r) = futures::join!(barrier, read);
                     b.unwrap();
                     r.unwrap();
@@ -128,7 +128,7 @@ async fn raw_run(c: &Client, keys: &Arc<Keys>, op: Op, n: usize, tasks: usize) -
                 Op::GetSync => {
                     // kv's get with `read_barrier=sync`: `sync` and `getData` pipelined.
                     let synced = c.sync(&path);
-                    let read = async { c.get_data(&path).await };
+                    let read = c.get_data(&path);
                     let (s, r) = futures::join!(synced, read);
                     s.unwrap();
                     r.unwrap();
@@ -145,7 +145,7 @@ async fn raw_run(c: &Client, keys: &Arc<Keys>, op: Op, n: usize, tasks: usize) -
 
 #[tokio::main]
 async fn main() {
-    let n = bench::ops_per_run(2000, 1);
+    let n = bench::ops_per_run(500, 1);
     let rounds = bench::rounds();
     let Some((ep, _server)) = bench::endpoint_or_start(
         "KV_ZK_ENDPOINTS",
@@ -225,7 +225,7 @@ async fn main() {
         "kv-zookeeper vs zookeeper-client, server {ep}: N = {n} ops per measurement ({} with \
          {TASKS} tasks), {rounds} rounds, 100-byte values; requests/op from the server's mntr \
          zk_packets_received",
-        bench::ops_per_run(2000, TASKS)
+        bench::ops_per_run(500, TASKS)
     );
     let report = Report::best_of_rounds();
     report.print_header();
@@ -247,7 +247,7 @@ async fn main() {
         if !bench::selected(name) {
             continue;
         }
-        let m = bench::ops_per_run(2000, tasks);
+        let m = bench::ops_per_run(500, tasks);
         let samples = bench::alternate(
             rounds,
             || bench::counted(count, kv_run(&stores, &kv_keys, op, m, tasks)),

@@ -53,9 +53,13 @@ pub(crate) fn send_barrier<'a>(
     }
 }
 
-/// Runs `read` after `barrier`. The two requests are pipelined (the read is sent without
-/// waiting for the barrier's answer; zookeeper-client leaves `TCP_NODELAY` off, so the read
-/// can still wait for that answer on the wire and the pair then costs two round trips).
+/// Runs the read that `read` sends after `barrier`. `read` is called only once the barrier's
+/// request has been handed to the session, so a read that sends when created (zookeeper-client
+/// sends most requests when a method is called, not when its future is polled) cannot overtake
+/// it. The two requests are pipelined (the read is sent without waiting for the barrier's
+/// answer; zookeeper-client leaves `TCP_NODELAY` off, so the read can still wait for that
+/// answer on the wire and the pair then costs two round trips: [`read_node_after`] sends the
+/// read right after the barrier, so that both usually leave in one write).
 /// ZooKeeper answers a session's requests in order, and a server holds a session's read until
 /// the session's pending `sync` or write is done, so the read reflects every write committed
 /// before the barrier. Only the quorum barrier is committed by a quorum: a `sync` is answered
@@ -64,34 +68,45 @@ pub(crate) async fn after_barrier<T, Fut>(
     client: &Client,
     path: &str,
     barrier: Barrier,
-    read: Fut,
+    read: impl FnOnce() -> Fut,
 ) -> std::result::Result<T, zk::Error>
 where
     Fut: std::future::Future<Output = std::result::Result<T, zk::Error>>,
 {
     if barrier == Barrier::None {
-        return read.await;
+        return read().await;
     }
-    // The barrier's request goes out now; `read` (an unpolled future) sends after it.
     let sent = send_barrier(client, path, barrier);
+    let read = read();
     let (s, r) = futures::join!(sent, read);
     s?;
     r
 }
 
-/// Reads one znode.
+/// Reads one znode (the request goes out on the first poll).
 pub(crate) async fn read_node(client: &Client, path: &str) -> std::result::Result<Node, zk::Error> {
-    match client.get_data(path).await {
-        Ok((data, stat)) => Ok({
-            let ttl = codec::header_ttl(&data);
-            match codec::decode(data, &stat, codec::now_ms()) {
-                Decoded::Value(v) => Node::Value(v, stat, ttl),
-                Decoded::NoValue => Node::NoValue(stat),
-                Decoded::Expired => Node::Expired(stat),
-            }
-        }),
-        Err(zk::Error::NoNode) => Ok(Node::Missing),
-        Err(e) => Err(e),
+    read_node_now(client, path).await
+}
+
+/// Reads one znode; the request goes out now, when called.
+fn read_node_now(
+    client: &Client,
+    path: &str,
+) -> impl std::future::Future<Output = std::result::Result<Node, zk::Error>> + Send {
+    let reply = client.get_data(path);
+    async move {
+        match reply.await {
+            Ok((data, stat)) => Ok({
+                let ttl = codec::header_ttl(&data);
+                match codec::decode(data, &stat, codec::now_ms()) {
+                    Decoded::Value(v) => Node::Value(v, stat, ttl),
+                    Decoded::NoValue => Node::NoValue(stat),
+                    Decoded::Expired => Node::Expired(stat),
+                }
+            }),
+            Err(zk::Error::NoNode) => Ok(Node::Missing),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -101,7 +116,7 @@ pub(crate) async fn read_node_after(
     path: &str,
     barrier: Barrier,
 ) -> std::result::Result<Node, zk::Error> {
-    after_barrier(client, path, barrier, read_node(client, path)).await
+    after_barrier(client, path, barrier, || read_node_now(client, path)).await
 }
 
 /// The mzxid of a znode after a write whose stat may be invalid (ZOOKEEPER-4026).

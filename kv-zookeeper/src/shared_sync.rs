@@ -88,7 +88,7 @@ impl SharedSync {
                 // Member: send the read once the barrier is on its way; if the leader gave up
                 // (its future dropped), with a barrier of its own.
                 if rx.wait_for(|p| !matches!(p, Phase::Open)).await.is_err() {
-                    return crate::node::after_barrier(&conn.client, path, barrier, read).await;
+                    return crate::node::after_barrier(&conn.client, path, barrier, || read).await;
                 }
                 let r = read.await;
                 // If the leader gave up after sending (an `Err` here), its barrier still went

@@ -112,8 +112,7 @@ impl Driver for ZkDriver {
         let i = &self.inner;
         i.read_retry(prefix, |c| async move {
             let root = i.prefix_path(prefix);
-            let read = tree::list(i, &c, prefix);
-            after_barrier(&c, &root, i.read_barrier(), read)
+            after_barrier(&c, &root, i.read_barrier(), || tree::list(i, &c, prefix))
                 .await
                 .map(|(pairs, _)| pairs)
         })

@@ -85,7 +85,7 @@ pub async fn run(inner: &Inner, txn: &Txn) -> Result<Vec<TxnResult>> {
         };
         debug_assert!(barrier != Barrier::None || inner.cfg.consistency.is_stale());
         let root = inner.prefix_path("");
-        let reads = after_barrier(&client, &root, barrier, reader.commit())
+        let reads = after_barrier(&client, &root, barrier, || reader.commit())
             .await
             .map_err(|e| inner.err(e, ""))?;
         let now = codec::now_ms();

@@ -137,12 +137,15 @@ impl<D: Driver> Checked<D> {
     ) -> Result<T> {
         let span = tracing::debug_span!("kv", backend = self.backend(), op, key);
         async move {
-            let start = Instant::now();
+            // The clock is read only when a subscriber may take the closing event.
+            let start = tracing::enabled!(tracing::Level::DEBUG).then(Instant::now);
             let r = match bound {
                 Some(after) => timed(op, after, fut).await,
                 None => fut.await,
             };
-            tracing::debug!(outcome = outcome(&r), elapsed = ?start.elapsed(), "kv call");
+            if let Some(start) = start {
+                tracing::debug!(outcome = outcome(&r), elapsed = ?start.elapsed(), "kv call");
+            }
             r
         }
         .instrument(span)
