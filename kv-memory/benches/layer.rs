@@ -11,13 +11,6 @@ use std::time::Instant;
 use kv_core::raw::Driver;
 use kv_core::{PutOptions, Store};
 
-fn env_n() -> usize {
-    std::env::var("KV_BENCH_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200_000)
-}
-
 async fn ns_per_call<F, Fut>(n: usize, mut f: F) -> f64
 where
     F: FnMut(usize) -> Fut,
@@ -40,7 +33,7 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let n = env_n();
+        let n = kv_testkit::bench::env_usize("KV_BENCH_N", 200_000);
         let store = kv_memory::new_store();
         let value = [b'x'; 100];
         let keys: Vec<String> = (0..1000).map(|i| format!("bench/k{i}")).collect();

@@ -217,13 +217,20 @@ pub struct Rounds {
     pub raw: Vec<Sample>,
 }
 
-/// Which sides [`alternate`] runs: both, unless `KV_BENCH_SIDE` is `kv` or `raw` (one side
-/// alone, for a profiler or `callgrind`; the other side's figures then print as `–`).
-fn runs_side(side: &str) -> bool {
-    match std::env::var("KV_BENCH_SIDE") {
-        Ok(only) if only == "kv" || only == "raw" => only == side,
-        _ => true,
+/// The one side [`alternate`] runs when `KV_BENCH_SIDE` is `kv` or `raw` (for a profiler or
+/// `callgrind`; the other side's figures then print as `–`); `None` runs both.
+fn only_side() -> Option<Side> {
+    match std::env::var("KV_BENCH_SIDE").as_deref() {
+        Ok("kv") => Some(Side::Kv),
+        Ok("raw") => Some(Side::Raw),
+        _ => None,
     }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    Kv,
+    Raw,
 }
 
 /// Runs `rounds` rounds of one `kv()` and one `raw()` run each: kv first in even rounds, raw
@@ -238,13 +245,11 @@ where
     RFut: Future<Output = Sample>,
 {
     let mut out = Rounds::default();
-    if !runs_side("kv") || !runs_side("raw") {
-        let kv_side = runs_side("kv");
+    if let Some(side) = only_side() {
         for _ in 0..rounds {
-            if kv_side {
-                out.kv.push(kv().await);
-            } else {
-                out.raw.push(raw().await);
+            match side {
+                Side::Kv => out.kv.push(kv().await),
+                Side::Raw => out.raw.push(raw().await),
             }
         }
         return out;
