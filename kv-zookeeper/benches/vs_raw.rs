@@ -18,6 +18,11 @@
 //! the median of the per-round kv ÷ raw ratios, client CPU per call, and requests per call as
 //! the server counted them (`mntr` `zk_packets_received` read before and after every run), so a
 //! change in round trips shows whatever the machine's noise.
+//!
+//! kv sets `TCP_NODELAY` on its sessions' sockets (zookeeper-client leaves Nagle on); the bench
+//! sets it on the raw client's socket too, so both sides send alike: with Nagle, whether a
+//! barrier and its read leave in one segment varied per connection, and the ratio of equal
+//! clients swung from 0.66 to 1.52. `KV_BENCH_RAW_NAGLE=1` leaves the raw client as it comes.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -184,6 +189,13 @@ async fn main() {
         ),
     };
     let raw = Client::connect(&ep).await.unwrap();
+    // kv turns Nagle's algorithm off on its sessions' sockets; the raw client gets the same,
+    // so both sides put the same segments on the wire (`KV_BENCH_RAW_NAGLE` set: the raw
+    // client as zookeeper-client leaves it, Nagle on).
+    if std::env::var_os("KV_BENCH_RAW_NAGLE").is_none() {
+        let peers: Vec<std::net::SocketAddr> = ep.parse().into_iter().collect();
+        kv_zookeeper::set_nodelay_to(&peers).unwrap();
+    }
     let opts = CreateMode::Persistent.with_acls(Acls::anyone_all());
     raw.mkdir("/bench-raw/old", &opts).await.unwrap();
     raw.mkdir("/bench-raw/new", &opts).await.unwrap();

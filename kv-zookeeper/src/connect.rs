@@ -18,6 +18,8 @@ pub(crate) struct Dialer {
     cfg: ZkConfig,
     /// `host:port,host:port`.
     cluster: String,
+    /// The same, one per entry (for [`crate::nodelay`]).
+    hosts: Arc<Vec<String>>,
     #[cfg(feature = "tls")]
     tls: Option<zk::TlsOptions>,
 }
@@ -26,8 +28,10 @@ impl Dialer {
     /// Checks the configuration and reads the TLS files.
     pub fn new(cfg: &ZkConfig) -> Result<Self> {
         cfg.validate()?;
+        let hosts = cfg.hosts()?;
         Ok(Dialer {
-            cluster: cfg.hosts()?.join(","),
+            cluster: hosts.join(","),
+            hosts: Arc::new(hosts),
             #[cfg(feature = "tls")]
             tls: cfg.tls.as_ref().map(tls_options).transpose()?,
             cfg: cfg.clone(),
@@ -51,6 +55,11 @@ impl Dialer {
             return c.with_tls(tls.clone()).secure_connect(&self.cluster).await;
         }
         c.connect(&self.cluster).await
+    }
+
+    /// Turns Nagle's algorithm off on the session's socket (see [`crate::nodelay`]).
+    pub async fn nodelay(&self) {
+        crate::nodelay::apply(self.hosts.clone(), self.cfg.timeout).await;
     }
 }
 
@@ -132,6 +141,7 @@ pub(crate) async fn connect(cfg: ZkConfig) -> Result<Arc<Inner>> {
         }
         Err(e) => return Err(e),
     };
+    dialer.nodelay().await;
     let inner = Arc::new(Inner::new(cfg.clone(), ns, endpoints, client));
     // Check the server answers with our credentials before returning.
     let check_path = inner.prefix_path("");
@@ -169,7 +179,14 @@ async fn session_monitor(inner: Weak<Inner>, life: Lifecycle, dialer: Dialer) {
         if !sw.peek_state().is_terminated() {
             loop {
                 tokio::select! {
-                    s = sw.changed() => if s.is_terminated() { break },
+                    s = sw.changed() => match s {
+                        s if s.is_terminated() => break,
+                        // Connected again (a new socket, maybe to another server).
+                        zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
+                            dialer.nodelay().await
+                        }
+                        _ => {}
+                    },
                     _ = life.closed() => return,
                 }
             }
@@ -183,6 +200,7 @@ async fn session_monitor(inner: Weak<Inner>, life: Lifecycle, dialer: Dialer) {
             }
             match tokio::time::timeout(dialer.cfg.timeout, dialer.dial()).await {
                 Ok(Ok(client)) => {
+                    dialer.nodelay().await;
                     let Some(i) = inner.upgrade() else { return };
                     if life.is_closed() {
                         return;

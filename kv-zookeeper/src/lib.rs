@@ -11,6 +11,7 @@ mod inner;
 mod known;
 mod lock;
 mod node;
+mod nodelay;
 mod shared_sync;
 mod store;
 mod tree;
@@ -24,6 +25,8 @@ use kv_core::raw::{open, Checked, DriverDescriptor, NamespaceIn};
 
 pub use config::{ReadBarrier, ZkConfig, DEFAULT_PORT, DEFAULT_SESSION_TIMEOUT};
 pub use kv_core::raw::TlsFiles;
+#[doc(hidden)]
+pub use nodelay::set_nodelay_to;
 pub use store::ZkDriver;
 
 pub(crate) use inner::Inner;
