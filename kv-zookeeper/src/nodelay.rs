@@ -46,12 +46,11 @@ pub fn set_nodelay_to(peers: &[SocketAddr]) -> std::io::Result<usize> {
         else {
             continue;
         };
-        let is_socket = std::fs::read_link(entry.path())
-            .is_ok_and(|l| l.as_os_str().as_encoded_bytes().starts_with(b"socket:"));
-        // The descriptor may be closed (and its number reused) meanwhile: the calls below only
-        // query and set socket options, so the worst case is `TCP_NODELAY` on another socket
-        // connected to the same server, or an error (not a socket) that is skipped.
-        if is_socket && peer(fd).is_some_and(|p| peers.contains(&p)) && nodelay(fd) {
+        // `getpeername` fails on anything but a connected socket. The descriptor may be closed
+        // (and its number reused) meanwhile: the calls below only query and set socket
+        // options, so the worst case is `TCP_NODELAY` on another socket connected to the same
+        // server, or an error that is skipped.
+        if peer(fd).is_some_and(|p| peers.contains(&p)) && nodelay(fd) {
             set += 1;
         }
     }
@@ -122,6 +121,9 @@ fn nodelay(fd: i32) -> bool {
 /// Sets `TCP_NODELAY` on the sockets to `hosts` (resolved now) on a blocking thread, waiting
 /// at most `bound` (a slow name lookup goes on in the background), and logs the outcome.
 pub(crate) async fn apply(hosts: std::sync::Arc<Vec<String>>, bound: std::time::Duration) {
+    if cfg!(not(target_os = "linux")) {
+        return; // no name lookup for nothing
+    }
     let work = tokio::task::spawn_blocking(move || set_nodelay_to(&resolve(&hosts)));
     match tokio::time::timeout(bound, work).await {
         Ok(Ok(Ok(n))) => tracing::debug!(backend = crate::BACKEND, sockets = n, "TCP_NODELAY set"),
