@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use kv_core::raw::{lost_signal, CleanupGuard, Lifecycle, LockRelease, LostNotifier};
 use kv_core::{async_trait, Error, Lock, LockOptions, Result};
+use leftovers::Leftovers;
 use tokio::sync::watch as tokio_watch;
 use zookeeper_client as zk;
 use zookeeper_client::{Client, CreateMode, EventType};
@@ -13,6 +14,7 @@ use crate::inner::Conn;
 use crate::node::fix_stat;
 use crate::{codec, Inner};
 
+mod leftovers;
 mod monitor;
 
 /// A held lock, shared by its [`Lock`] handle, its monitor task and the store's registry.
@@ -20,6 +22,9 @@ pub(crate) struct Held {
     /// Its id in the store's [`HeldLocks`](kv_core::raw::HeldLocks).
     id: OnceLock<u64>,
     path: String,
+    /// The lock directory, the attempt's tag and the contender's path.
+    dir: String,
+    tag: String,
     contender: String,
     mzxid: i64,
     pub notifier: LostNotifier,
@@ -30,24 +35,30 @@ pub(crate) struct Held {
 }
 
 impl Held {
-    /// Stops monitoring and removes the lock value (if still ours) and the contender node.
+    /// Stops monitoring and removes the lock value (if still ours) and the contender node;
+    /// retries in the background past a lost connection (see [`leftovers`]), so a caller's
+    /// bound on this call leaves the removal going.
     pub async fn release_nodes(&self) {
         self.stop.close();
-        if let (Some(inner), Some(id)) = (self.inner.upgrade(), self.id.get()) {
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
+        if let Some(id) = self.id.get() {
             inner.locks.remove(*id);
         }
         let client = self.client.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let Some(c) = client else { return };
-        if let Ok(Some(st)) = c.check_stat(&self.path).await {
-            if st.mzxid == self.mzxid {
-                if let Err(zk::Error::NotEmpty) = c.delete(&self.path, Some(st.version)).await {
-                    let _ = c
-                        .set_data(&self.path, codec::TOMBSTONE, Some(st.version))
-                        .await;
-                }
-            }
-        }
-        let _ = c.delete(&self.contender, None).await;
+        let Some(client) = client else { return };
+        let left = Leftovers {
+            client,
+            life: inner.life.clone(),
+            dir: self.dir.clone(),
+            tag: self.tag.clone(),
+            contender: Some(self.contender.clone()),
+            value: Some((self.path.clone(), Some(self.mzxid))),
+            timeout: inner.cfg.timeout,
+        };
+        drop(inner);
+        let _ = tokio::spawn(left.remove()).await;
     }
 
     async fn lose(&self, reason: &str) {
@@ -73,29 +84,42 @@ impl LockRelease for Release {
     }
 }
 
-/// Removes an abandoned attempt's contender node (dropped or failed `new_lock`), and, once the
-/// lock value is being written, the value znode this session created.
+/// Removes an abandoned attempt's contender node (dropped or failed `new_lock`, also while
+/// its create was unanswered: found by `tag`), and, with `value`, the value znode this session
+/// created. Retries until the nodes are gone or gone with their session ([`leftovers`]).
 fn abandon(
-    timeout: Duration,
+    inner: &Inner,
     c: Arc<Client>,
-    contender: String,
+    dir: &str,
+    tag: &str,
     value: Option<String>,
 ) -> CleanupGuard {
-    CleanupGuard::new("remove an abandoned lock attempt", timeout, async move {
-        if let Some(v) = value {
-            if let Ok(Some(st)) = c.check_stat(&v).await {
-                if st.ephemeral_owner == c.session_id().0 {
-                    let _ = c.delete(&v, Some(st.version)).await;
-                }
-            }
-        }
-        let _ = c.delete(&contender, None).await;
-    })
+    let left = Leftovers {
+        client: c,
+        life: inner.life.clone(),
+        dir: dir.to_string(),
+        tag: tag.to_string(),
+        contender: None,
+        value: value.map(|v| (v, None)),
+        timeout: inner.cfg.timeout,
+    };
+    // `Leftovers::remove` bounds itself; the guard's bound is the same last resort.
+    CleanupGuard::new(
+        "remove an abandoned lock attempt",
+        leftovers::GIVE_UP + inner.cfg.timeout,
+        left.remove(),
+    )
 }
 
-async fn create_contender(inner: &Inner, c: &Client, dir: &str, key: &str) -> Result<String> {
+async fn create_contender(
+    inner: &Inner,
+    c: &Client,
+    dir: &str,
+    tag: &str,
+    key: &str,
+) -> Result<String> {
     let opts = CreateMode::EphemeralSequential.with_acls(inner.acls());
-    let prefix = format!("{dir}/c-");
+    let prefix = format!("{dir}/c-{tag}-");
     for _ in 0..10 {
         match c.create(&prefix, &[codec::CONTENDER], &opts).await {
             Ok((_, seq)) => return Ok(format!("{prefix}{seq}")),
@@ -163,7 +187,7 @@ async fn wait_turn(
         };
         let mut seqs: Vec<(i64, String)> = children
             .into_iter()
-            .filter_map(|n| Some((n.strip_prefix("c-")?.parse::<i64>().ok()?, n)))
+            .filter_map(|n| Some((leftovers::sequence(&n)?, n)))
             .collect();
         seqs.sort();
         let Some(idx) = seqs.iter().position(|(_, n)| *n == my_name) else {
@@ -285,10 +309,13 @@ pub async fn new_lock(inner: Arc<Inner>, key: String, options: LockOptions) -> R
             continue;
         }
         let c = conn.client.clone();
+        let tag = leftovers::new_tag(&c);
+        // Armed before the create: if its answer is lost, the node is found by its tag.
+        let waiting = abandon(&inner, c.clone(), &dir, &tag, None);
         let contender = match kv_core::retry::timed(
             "new_lock",
             timeout,
-            create_contender(&inner, &c, &dir, &key),
+            create_contender(&inner, &c, &dir, &tag, &key),
         )
         .await
         {
@@ -299,14 +326,13 @@ pub async fn new_lock(inner: Arc<Inner>, key: String, options: LockOptions) -> R
             }
             Err(e) => return Err(e),
         };
-        let waiting = abandon(timeout, c.clone(), contender.clone(), None);
         match wait_turn(&inner, &c, conn.gen, &dir, &contender, &key).await {
             Ok(()) => {}
             Err(Turn::Restart) => continue,
             Err(Turn::Fail(e)) => return Err(e),
         }
         waiting.disarm();
-        let writing = abandon(timeout, c.clone(), contender.clone(), Some(path.clone()));
+        let writing = abandon(&inner, c.clone(), &dir, &tag, Some(path.clone()));
         let stat = kv_core::retry::timed(
             "new_lock",
             timeout,
@@ -318,6 +344,8 @@ pub async fn new_lock(inner: Arc<Inner>, key: String, options: LockOptions) -> R
         let held = Arc::new(Held {
             id: OnceLock::new(),
             path: path.clone(),
+            dir: dir.clone(),
+            tag,
             contender,
             mzxid: stat.mzxid,
             notifier,
