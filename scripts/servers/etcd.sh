@@ -30,10 +30,13 @@ esac
 die() { echo "etcd.sh: ERROR: $*" >&2; exit 1; }
 
 free_port() {
-  # A loopback port nobody listens on (bash /dev/tcp; no nc here).
+  # A port the kernel hands out for 127.0.0.1:0 (free now; a start that loses a race for it
+  # retries, see cmd_start). Fallback without python: a port below the ephemeral range that
+  # refuses connections.
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null && return 0
   local p
   for _ in $(seq 1 200); do
-    p=$(( (RANDOM % 20000) + 30000 ))
+    p=$(( (RANDOM % 12000) + 20000 ))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
       echo "$p"; return 0
     fi
@@ -98,15 +101,9 @@ cmd_env() {
   echo "export KV_ETCDCTL_BIN=$etcdctl"
 }
 
-cmd_start() {
-  local dir=${1:?usage: etcd.sh start DIR}
-  command -v "$ETCD" >/dev/null 2>&1 || die "etcd $VERSION is not installed (run: KV_ETCD_VERSION=$VERSION $0 install)"
-  mkdir -p "$dir"
-  dir=$(cd "$dir" && pwd)
-  if [ -f "$dir/etcd.pid" ] && kill -0 "$(cat "$dir/etcd.pid")" 2>/dev/null; then
-    die "an etcd started in $dir is still running (pid $(cat "$dir/etcd.pid")); run: $0 stop $dir"
-  fi
-  rm -rf "$dir/data"
+start_once() { # DIR -> 0 healthy (port in DIR/etcd.port), 2 a port was taken, 1 other failure
+  local dir=$1
+  rm -rf "$dir/data" "$dir/etcd.log" "$dir/etcd.out"
   local cport pport
   cport=$(free_port)
   pport=$(free_port)
@@ -127,20 +124,51 @@ cmd_start() {
   until ETCDCTL_API=3 "$ETCDCTL" --endpoints="127.0.0.1:$cport" --dial-timeout=2s \
       --command-timeout=3s endpoint health >/dev/null 2>&1; do
     if ! kill -0 "$pid" 2>/dev/null; then
+      rm -f "$dir/etcd.pid"
+      if grep -q "address already in use" "$dir/etcd.log" "$dir/etcd.out" 2>/dev/null; then
+        return 2
+      fi
       echo "etcd.sh: etcd exited during start-up; log tail:" >&2
       tail -n 40 "$dir/etcd.log" "$dir/etcd.out" >&2 2>/dev/null || true
-      rm -f "$dir/etcd.pid"
-      exit 1
+      return 1
     fi
     if [ $SECONDS -ge $deadline ]; then
       echo "etcd.sh: etcd not healthy after 60 s; log tail:" >&2
       tail -n 40 "$dir/etcd.log" "$dir/etcd.out" >&2 2>/dev/null || true
       kill -9 "$pid" 2>/dev/null || true
       rm -f "$dir/etcd.pid"
-      exit 1
+      return 1
     fi
     sleep 0.2
   done
+  echo "$cport" >"$dir/etcd.port"
+}
+
+cmd_start() {
+  local dir=${1:?usage: etcd.sh start DIR}
+  command -v "$ETCD" >/dev/null 2>&1 || die "etcd $VERSION is not installed (run: KV_ETCD_VERSION=$VERSION $0 install)"
+  mkdir -p "$dir"
+  dir=$(cd "$dir" && pwd)
+  if [ -f "$dir/etcd.pid" ] && kill -0 "$(cat "$dir/etcd.pid")" 2>/dev/null; then
+    die "an etcd started in $dir is still running (pid $(cat "$dir/etcd.pid")); run: $0 stop $dir"
+  fi
+  # free_port only finds ports free a moment ago: if etcd loses a race for one it exits at
+  # once with "address already in use"; try again with new ports.
+  local attempt rc
+  for attempt in 1 2 3; do
+    start_once "$dir" && break
+    rc=$?
+    if [ $rc -eq 2 ] && [ "$attempt" -lt 3 ]; then
+      echo "etcd.sh: a port was taken; retrying with new ports" >&2
+      continue
+    fi
+    [ $rc -eq 2 ] && { echo "etcd.sh: ports taken $attempt times; log tail:" >&2; tail -n 20 "$dir/etcd.log" >&2; }
+    exit 1
+  done
+  local cport
+  cport=$(cat "$dir/etcd.port")
+  local pid
+  pid=$(cat "$dir/etcd.pid")
   # The version the running member reports (GET /version: {"etcdserver":"3.5.16",...}).
   local version
   version=$(http_get "$cport" /version | sed -n 's/.*"etcdserver":"\([^"]*\)".*/\1/p')
