@@ -316,8 +316,18 @@ impl Pool {
         }
     }
 
-    fn alive(&self, gid: u64) -> bool {
-        self.lock().groups.contains_key(&gid)
+    /// The highest index group `gid`'s watches have seen so far (their reads included), or
+    /// `None` if the group is gone.
+    fn floor(&self, gid: u64) -> Option<u64> {
+        let st = self.lock();
+        let g = st.groups.get(&gid)?;
+        Some(
+            g.members
+                .values()
+                .filter_map(|m| m.known.map(|k| k.0))
+                .max()
+                .unwrap_or(0),
+        )
     }
 
     /// Hands group `gid`'s result to its watches; `false` if the group is gone.
@@ -386,39 +396,51 @@ async fn run(inner: Arc<Inner>, gid: u64, query: Query) {
     // A new group's queries wait briefly at first: a group merged away soon after it started
     // cancels its query, and Consul keeps a cancelled query's connection until its wait ends.
     let mut wait = FIRST_WAIT;
+    // After a failure the next query is a plain read: an agent that came back with an empty
+    // state (its index lower than ours) answers it at once with the lower index, while a
+    // blocking query above its index would wait for a change of the watched keys or the
+    // whole `wait`.
+    let mut probe = false;
     loop {
-        if !pool.alive(gid) {
+        // What the watches had seen before this query was sent: an answer below it means
+        // the index went backwards, also when this group's own index does not show it (a
+        // group that began, or failed, before its first answer knows only the watches'
+        // reads).
+        let Some(floor) = pool.floor(gid) else {
             return;
-        }
+        };
         let started = std::time::Instant::now();
+        let blocking_on = if std::mem::take(&mut probe) { 0 } else { index };
         let r = tokio::select! {
             _ = inner.life.closed() => return,
-            r = pool.blocking(&inner, &query, index, wait) => r,
+            r = pool.blocking(&inner, &query, blocking_on, wait) => r,
         };
         match r {
             Ok(snap) => {
                 failures = 0;
                 backoff.reset();
                 let got = snap.index;
-                if got < index {
+                let seen = index.max(floor);
+                if got < seen {
                     tracing::debug!(
                         backend = crate::BACKEND,
-                        index,
+                        index = seen,
                         got,
                         "X-Consul-Index went backwards: index reset"
                     );
                 }
-                if !pool.deliver(&inner, gid, snap, got < index) {
+                if !pool.deliver(&inner, gid, snap, got < seen) {
                     return;
                 }
                 if got == index && index > 0 && started.elapsed() < wait / 2 {
                     tokio::time::sleep(UNCHANGED_PAUSE).await;
                 }
-                index = next_index(index, got);
+                index = next_index(seen, got);
                 wait = (wait * 2).min(if pool.size == 1 { SOLO_WAIT } else { WAIT });
             }
             Err(e) => {
                 failures += 1;
+                probe = true;
                 tracing::debug!(backend = crate::BACKEND, failures, error = %e, "watch query failed, retrying");
                 if !pool.fail(gid, e) {
                     return;
