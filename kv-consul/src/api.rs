@@ -156,6 +156,18 @@ struct SessionId {
     id: String,
 }
 
+/// A `GET /v1/kv/<key>` answer: the entry (`None`: no such key) and the index.
+fn get_answer(key: &str, r: Response) -> Result<(Option<Entry>, u64)> {
+    match r.status {
+        StatusCode::OK => {
+            let mut v: Vec<Entry> = decode("get", &r.body)?;
+            Ok((v.pop(), r.index.unwrap_or(0)))
+        }
+        StatusCode::NOT_FOUND => Ok((None, r.index.unwrap_or(0))),
+        _ => Err(status_error("get", key, &r)),
+    }
+}
+
 fn status_error(operation: &str, key: &str, r: &Response) -> Error {
     to_error(Failure::Status {
         operation: operation.to_string(),
@@ -191,14 +203,16 @@ impl Http {
         let mut path = encode_path("/v1/kv/", key);
         let budget = blocking_query(&mut path, false, block, self.timeout, mode);
         let r = self.send("get", Method::GET, &path, None, budget).await?;
-        match r.status {
-            StatusCode::OK => {
-                let mut v: Vec<Entry> = decode("get", &r.body)?;
-                Ok((v.pop(), r.index.unwrap_or(0)))
-            }
-            StatusCode::NOT_FOUND => Ok((None, r.index.unwrap_or(0))),
-            _ => Err(status_error("get", key, &r)),
-        }
+        get_answer(key, r)
+    }
+
+    /// [`Http::kv_get`] without blocking, as the one request of a user call (bounded by
+    /// kv-core's checking layer: see [`Http::send_in_call`]).
+    pub async fn kv_get_in_call(&self, key: &str, mode: Consistency) -> Result<Option<Entry>> {
+        let mut path = encode_path("/v1/kv/", key);
+        blocking_query(&mut path, false, None, self.timeout, mode);
+        let r = self.send_in_call(Method::GET, &path, None).await?;
+        Ok(get_answer(key, r)?.0)
     }
 
     /// GET `?recurse` on a raw prefix: entries (bytewise sorted by Consul) and the index.

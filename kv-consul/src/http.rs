@@ -12,6 +12,8 @@ use crate::error::{is_tls_rejection, to_error, Failure};
 use crate::lanes::Lanes;
 
 pub(crate) const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-consul-token");
+/// `X-Consul-Index` (a constant: looking a header up by `&str` parses the name each time).
+pub(crate) const INDEX_HEADER: HeaderName = HeaderName::from_static("x-consul-index");
 
 /// A response whose status the caller decides about.
 pub(crate) struct Response {
@@ -35,17 +37,25 @@ fn keep(b: u8) -> bool {
 /// `base` followed by `key` percent-encoded, e.g. a stored key for `/v1/kv/<key>` (Consul
 /// decodes the path). Room is left for a query string.
 pub(crate) fn encode_path(base: &str, key: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut out = String::with_capacity(base.len() + key.len() + 32);
     out.push_str(base);
-    for &b in key.as_bytes() {
+    // Runs of kept (ASCII) bytes are copied whole: a run starts and ends on char boundaries.
+    let mut run = 0;
+    for (i, b) in key.bytes().enumerate() {
         if keep(b) {
-            out.push(b as char);
-        } else {
-            const HEX: &[u8; 16] = b"0123456789ABCDEF";
-            out.push('%');
-            out.push(HEX[usize::from(b >> 4)] as char);
-            out.push(HEX[usize::from(b & 0xF)] as char);
+            continue;
         }
+        if i > run {
+            out.push_str(&key[run..i]);
+        }
+        out.push('%');
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 0xF)] as char);
+        run = i + 1;
+    }
+    if run < key.len() {
+        out.push_str(&key[run..]);
     }
     out
 }
@@ -148,6 +158,19 @@ impl Http {
         }
     }
 
+    /// [`Http::send`] for the single request of a user call, without a timer of its own:
+    /// kv-core's checking layer bounds the whole call by the same store timeout (one timer
+    /// per call instead of two). Never for background work.
+    pub async fn send_in_call(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Response> {
+        debug_assert!(self.lanes.is_none());
+        self.send_inner(method, path_and_query, body).await
+    }
+
     async fn send_inner(
         &self,
         method: Method,
@@ -180,7 +203,7 @@ impl Http {
                     let status = resp.status();
                     let index = resp
                         .headers()
-                        .get("x-consul-index")
+                        .get(&INDEX_HEADER)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse().ok());
                     let body = match resp.bytes().await {
@@ -228,6 +251,29 @@ mod tests {
             "/v1/kv/a/b%20c/%25%3F%23"
         );
         assert_eq!(encode_path("", "ünï"), "%C3%BCn%C3%AF");
+        assert_eq!(encode_path("/", "é"), "/%C3%A9");
+        assert_eq!(encode_path("", ""), "");
+        // Every string up to 3 chars over a mixed alphabet against the byte-by-byte rule.
+        let alphabet = ['a', '/', ' ', '%', 'é', '€', '-', '😀'];
+        let mut words = vec![String::new()];
+        for _ in 0..3 {
+            let next: Vec<String> = words
+                .iter()
+                .flat_map(|w| alphabet.iter().map(move |c| format!("{w}{c}")))
+                .collect();
+            words.extend(next);
+        }
+        for w in &words {
+            let mut want = String::new();
+            for b in w.bytes() {
+                if keep(b) {
+                    want.push(b as char);
+                } else {
+                    want.push_str(&format!("%{b:02X}"));
+                }
+            }
+            assert_eq!(encode_path("", w), want, "{w:?}");
+        }
     }
 
     /// The request URL (which holds the key) must not decide how a transport error is read.

@@ -168,7 +168,7 @@ impl Lanes {
                     let status = resp.status();
                     let index = resp
                         .headers()
-                        .get("x-consul-index")
+                        .get(&crate::http::INDEX_HEADER)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse().ok());
                     let body = resp

@@ -50,9 +50,10 @@ impl Inner {
             .0)
     }
 
-    /// Reads one entry in the store's read mode (user reads).
+    /// Reads one entry in the store's read mode: the one request of a user `get`/`exists`,
+    /// bounded by kv-core's checking layer (no timer of its own).
     pub async fn read_entry(&self, full: &str) -> Result<Option<Entry>> {
-        Ok(self.http.kv_get(full, None, self.read).await?.0)
+        self.http.kv_get_in_call(full, self.read).await
     }
 
     /// The subtree of a normalized prefix, sorted.
