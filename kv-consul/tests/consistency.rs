@@ -6,66 +6,31 @@ use std::time::Duration;
 
 use kv_consul::{ConsulConfig, ConsulStore};
 use kv_core::{Consistency, Store, Txn};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
+
+mod common;
+use common::fake_agent::{serve, Answer};
 
 /// A minimal HTTP/1.1 "agent": a leader, no keys, empty transactions.
 async fn fake_agent() -> (String, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((sock, _)) = listener.accept().await {
-            let log = log.clone();
-            tokio::spawn(async move {
-                let (r, mut w) = sock.into_split();
-                let mut r = BufReader::new(r);
-                loop {
-                    let mut line = String::new();
-                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let mut len = 0usize;
-                    loop {
-                        let mut h = String::new();
-                        if r.read_line(&mut h).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if h == "\r\n" {
-                            break;
-                        }
-                        let lower = h.to_ascii_lowercase();
-                        if let Some(v) = lower.strip_prefix("content-length:") {
-                            len = v.trim().parse().unwrap_or(0);
-                        }
-                    }
-                    let mut body = vec![0; len];
-                    if r.read_exact(&mut body).await.is_err() {
-                        return;
-                    }
-                    let target = line.split(' ').nth(1).unwrap_or("").to_string();
-                    log.lock()
-                        .unwrap()
-                        .push(format!("{} {target}", line.split(' ').next().unwrap_or("")));
-                    let (status, body) = if target.starts_with("/v1/status/leader") {
-                        ("200 OK", "\"127.0.0.1:8300\"".to_string())
-                    } else if target.starts_with("/v1/txn") {
-                        ("200 OK", r#"{"Results":[],"Errors":null}"#.to_string())
-                    } else {
-                        ("404 Not Found", String::new())
-                    };
-                    let resp = format!(
-                        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nX-Consul-Index: 5\r\nX-Consul-Knownleader: true\r\nContent-Length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    if w.write_all(resp.as_bytes()).await.is_err() {
-                        return;
-                    }
+    let addr = serve(move |method, target| {
+        log.lock().unwrap().push(format!("{method} {target}"));
+        async move {
+            if target.starts_with("/v1/status/leader") {
+                Answer::ok(5, "\"127.0.0.1:8300\"")
+            } else if target.starts_with("/v1/txn") {
+                Answer::ok(5, r#"{"Results":[],"Errors":null}"#)
+            } else {
+                Answer {
+                    status: "404 Not Found",
+                    index: 5,
+                    body: String::new(),
                 }
-            });
+            }
         }
-    });
+    })
+    .await;
     (addr, seen)
 }
 

@@ -10,8 +10,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use kv_consul::{ConsulConfig, ConsulStore};
 use kv_core::Store;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
+
+mod common;
+use common::fake_agent::{serve, Answer};
 
 /// The agent before its restart: key `k` = "old" at index 39.
 const OLD: (&str, u64) = ("b2xk", 39);
@@ -24,76 +25,37 @@ const NEW: (&str, u64) = ("bmV3", 9);
 /// index is held for a while (nothing changes), as Consul does. Returns the address and the
 /// number of key reads.
 async fn restarted_agent() -> (String, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
     let reads = Arc::new(AtomicUsize::new(0));
     let count = reads.clone();
-    tokio::spawn(async move {
-        while let Ok((sock, _)) = listener.accept().await {
-            let count = count.clone();
-            tokio::spawn(async move {
-                let (r, mut w) = sock.into_split();
-                let mut r = BufReader::new(r);
-                loop {
-                    let mut line = String::new();
-                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let mut len = 0usize;
-                    loop {
-                        let mut h = String::new();
-                        if r.read_line(&mut h).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if h == "\r\n" {
-                            break;
-                        }
-                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                            len = v.trim().parse().unwrap_or(0);
-                        }
-                    }
-                    let mut body = vec![0; len];
-                    if r.read_exact(&mut body).await.is_err() {
-                        return;
-                    }
-                    let target = line.split(' ').nth(1).unwrap_or("").to_string();
-                    let (index, body) = if target.starts_with("/v1/status/leader") {
-                        (1, "\"127.0.0.1:8300\"".to_string())
-                    } else if let Some(rest) = target.strip_prefix("/v1/kv/") {
-                        let (key, query) = rest.split_once('?').unwrap_or((rest, ""));
-                        let blocking_at = query
-                            .split('&')
-                            .find_map(|p| p.strip_prefix("index="))
-                            .and_then(|v| v.parse::<u64>().ok());
-                        if blocking_at.is_some_and(|i| i >= NEW.1) {
-                            tokio::time::sleep(Duration::from_millis(300)).await;
-                        }
-                        let n = count.fetch_add(1, Ordering::SeqCst);
-                        if n == 0 {
-                            // Answered after the second read: that one gets the old state.
-                            tokio::time::sleep(Duration::from_millis(300)).await;
-                        }
-                        let (value, index) = if n == 1 { OLD } else { NEW };
-                        (
-                            index,
-                            format!(
-                                r#"[{{"Key":"{key}","Value":"{value}","Flags":0,"CreateIndex":{index},"ModifyIndex":{index},"LockIndex":0}}]"#
-                            ),
-                        )
-                    } else {
-                        (1, String::new())
-                    };
-                    let resp = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Consul-Index: {index}\r\nX-Consul-Knownleader: true\r\nContent-Length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    if w.write_all(resp.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
+    let addr = serve(move |_method, target| {
+        let count = count.clone();
+        async move {
+            let Some(rest) = target.strip_prefix("/v1/kv/") else {
+                return Answer::ok(1, "\"127.0.0.1:8300\""); // /v1/status/leader
+            };
+            let (key, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let blocking_at = query
+                .split('&')
+                .find_map(|p| p.strip_prefix("index="))
+                .and_then(|v| v.parse::<u64>().ok());
+            if blocking_at.is_some_and(|i| i >= NEW.1) {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            let n = count.fetch_add(1, Ordering::SeqCst);
+            if n == 0 {
+                // Answered after the second read: that one gets the old state.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            let (value, index) = if n == 1 { OLD } else { NEW };
+            Answer::ok(
+                index,
+                format!(
+                    r#"[{{"Key":"{key}","Value":"{value}","Flags":0,"CreateIndex":{index},"ModifyIndex":{index},"LockIndex":0}}]"#
+                ),
+            )
         }
-    });
+    })
+    .await;
     (addr, reads)
 }
 

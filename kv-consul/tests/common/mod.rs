@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+pub mod fake_agent;
+
 use futures::StreamExt;
 
 /// The next `Ok` item of a watch stream (Err items are printed and skipped), within `within`.
