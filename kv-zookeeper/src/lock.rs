@@ -26,6 +26,9 @@ pub(crate) struct Held {
     dir: String,
     tag: String,
     contender: String,
+    /// The store's lifecycle and timeout (for the removal, also after the store is gone).
+    store_life: Lifecycle,
+    timeout: Duration,
     mzxid: i64,
     pub notifier: LostNotifier,
     client: Mutex<Option<Arc<Client>>>,
@@ -40,24 +43,20 @@ impl Held {
     /// bound on this call leaves the removal going.
     pub async fn release_nodes(&self) {
         self.stop.close();
-        let Some(inner) = self.inner.upgrade() else {
-            return;
-        };
-        if let Some(id) = self.id.get() {
+        if let (Some(inner), Some(id)) = (self.inner.upgrade(), self.id.get()) {
             inner.locks.remove(*id);
         }
         let client = self.client.lock().unwrap_or_else(|e| e.into_inner()).take();
         let Some(client) = client else { return };
         let left = Leftovers {
             client,
-            life: inner.life.clone(),
+            life: self.store_life.clone(),
             dir: self.dir.clone(),
             tag: self.tag.clone(),
             contender: Some(self.contender.clone()),
             value: Some((self.path.clone(), Some(self.mzxid))),
-            timeout: inner.cfg.timeout,
+            timeout: self.timeout,
         };
-        drop(inner);
         let _ = tokio::spawn(left.remove()).await;
     }
 
@@ -347,6 +346,8 @@ pub async fn new_lock(inner: Arc<Inner>, key: String, options: LockOptions) -> R
             dir: dir.clone(),
             tag,
             contender,
+            store_life: inner.life.clone(),
+            timeout,
             mzxid: stat.mzxid,
             notifier,
             client: Mutex::new(Some(c.clone())),
