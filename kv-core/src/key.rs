@@ -107,12 +107,17 @@ fn trim_slashes(s: &str) -> &str {
 /// assert!(kv_core::normalize_key("/").is_err());
 /// ```
 pub fn normalize_key(key: &str) -> Result<String> {
+    normalized_key(key).map(str::to_string)
+}
+
+/// [`normalize_key`] without the copy: the normalized key is a slice of `key`.
+pub(crate) fn normalized_key(key: &str) -> Result<&str> {
     let path = trim_slashes(key);
     if path.is_empty() {
         return Err(invalid(key, "it is empty"));
     }
     check_path(key, path)?;
-    Ok(path.to_string())
+    Ok(path)
 }
 
 /// Normalizes and validates a prefix; `""` and `"/"` give `""`, the whole store.
@@ -122,12 +127,17 @@ pub fn normalize_key(key: &str) -> Result<String> {
 /// assert_eq!(kv_core::normalize_prefix("/").unwrap(), "");
 /// ```
 pub fn normalize_prefix(prefix: &str) -> Result<String> {
+    normalized_prefix(prefix).map(str::to_string)
+}
+
+/// [`normalize_prefix`] without the copy: the normalized prefix is a slice of `prefix`.
+pub(crate) fn normalized_prefix(prefix: &str) -> Result<&str> {
     let path = trim_slashes(prefix);
     if path.is_empty() {
-        return Ok(String::new());
+        return Ok("");
     }
     check_path(prefix, path)?;
-    Ok(path.to_string())
+    Ok(path)
 }
 
 /// The string every key of `prefix`'s subtree starts with: `"p/"`, or `""` for the root.

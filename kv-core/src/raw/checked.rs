@@ -10,7 +10,7 @@ use tracing::Instrument;
 use crate::capabilities::Capabilities;
 use crate::error::{Error, Result};
 use crate::events::{Cursor, EventStream};
-use crate::key::{check_previous, check_value_size, normalize_key, normalize_prefix};
+use crate::key::{check_previous, check_value_size, normalized_key, normalized_prefix};
 use crate::lock::Lock;
 use crate::pair::{KvPair, LockOptions, PutOptions};
 use crate::raw::{Connect, Driver};
@@ -109,17 +109,17 @@ impl<D: Driver> Checked<D> {
         Ok(())
     }
 
-    fn key(&self, key: &str) -> Result<String> {
+    fn key<'k>(&self, key: &'k str) -> Result<&'k str> {
         self.driver.lifecycle().check()?;
-        let k = normalize_key(key)?;
-        self.reserved(key, &k)?;
+        let k = normalized_key(key)?;
+        self.reserved(key, k)?;
         Ok(k)
     }
 
-    fn prefix(&self, prefix: &str) -> Result<String> {
+    fn prefix<'p>(&self, prefix: &'p str) -> Result<&'p str> {
         self.driver.lifecycle().check()?;
-        let p = normalize_prefix(prefix)?;
-        self.reserved(prefix, &p)?;
+        let p = normalized_prefix(prefix)?;
+        self.reserved(prefix, p)?;
         Ok(p)
     }
 
@@ -169,38 +169,38 @@ impl<D: Driver> Store for Checked<D> {
 
     async fn put(&self, key: &str, value: &[u8], options: PutOptions) -> Result<KvPair> {
         let key = self.key(key)?;
-        self.value(&key, value)?;
+        self.value(key, value)?;
         self.caps().check_ttl(options.ttl, self.backend())?;
-        let f = self.driver.put(&key, value, options.ttl);
-        self.call("put", &key, self.timeout(), f).await
+        let f = self.driver.put(key, value, options.ttl);
+        self.call("put", key, self.timeout(), f).await
     }
 
     async fn get(&self, key: &str) -> Result<KvPair> {
         let key = self.key(key)?;
         let f = async {
             self.driver
-                .get(&key)
+                .get(key)
                 .await?
-                .ok_or_else(|| Error::not_found(key.as_str()))
+                .ok_or_else(|| Error::not_found(key))
         };
-        self.call("get", &key, self.timeout(), f).await
+        self.call("get", key, self.timeout(), f).await
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
         let key = self.key(key)?;
         let f = async {
-            match self.driver.delete(&key).await? {
+            match self.driver.delete(key).await? {
                 true => Ok(()),
-                false => Err(Error::not_found(key.as_str())),
+                false => Err(Error::not_found(key)),
             }
         };
-        self.call("delete", &key, self.timeout(), f).await
+        self.call("delete", key, self.timeout(), f).await
     }
 
     async fn exists(&self, key: &str) -> Result<bool> {
         let key = self.key(key)?;
-        let f = self.driver.exists(&key);
-        self.call("exists", &key, self.timeout(), f).await
+        let f = self.driver.exists(key);
+        self.call("exists", key, self.timeout(), f).await
     }
 
     async fn watch(&self, key: &str) -> Result<WatchStream> {
@@ -208,8 +208,8 @@ impl<D: Driver> Store for Checked<D> {
         if !self.caps().watch {
             return Err(Error::unsupported("watch", self.backend()));
         }
-        let f = self.driver.watch(&key);
-        self.call("watch", &key, self.timeout(), f).await
+        let f = self.driver.watch(key);
+        self.call("watch", key, self.timeout(), f).await
     }
 
     async fn watch_tree(&self, prefix: &str) -> Result<TreeWatchStream> {
@@ -217,8 +217,8 @@ impl<D: Driver> Store for Checked<D> {
         if !self.caps().watch_tree {
             return Err(Error::unsupported("watch_tree", self.backend()));
         }
-        let f = self.driver.watch_tree(&prefix);
-        self.call("watch_tree", &prefix, self.timeout(), f).await
+        let f = self.driver.watch_tree(prefix);
+        self.call("watch_tree", prefix, self.timeout(), f).await
     }
 
     async fn watch_events(&self, prefix: &str, from: Option<Cursor>) -> Result<EventStream> {
@@ -226,28 +226,28 @@ impl<D: Driver> Store for Checked<D> {
         if !self.caps().watch_tree {
             return Err(Error::unsupported("watch_events", self.backend()));
         }
-        let f = self.driver.watch_events(&prefix, from);
-        self.call("watch_events", &prefix, self.timeout(), f).await
+        let f = self.driver.watch_events(prefix, from);
+        self.call("watch_events", prefix, self.timeout(), f).await
     }
 
     async fn new_lock(&self, key: &str, options: LockOptions) -> Result<Lock> {
         let key = self.key(key)?;
-        self.value(&key, &options.value)?;
+        self.value(key, &options.value)?;
         self.caps().check_lock_ttl(options.ttl, self.backend())?;
-        let f = self.driver.lock(&key, options);
-        self.call("new_lock", &key, None, f).await
+        let f = self.driver.lock(key, options);
+        self.call("new_lock", key, None, f).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<KvPair>> {
         let prefix = self.prefix(prefix)?;
-        let f = self.driver.list(&prefix);
-        self.call("list", &prefix, self.timeout(), f).await
+        let f = self.driver.list(prefix);
+        self.call("list", prefix, self.timeout(), f).await
     }
 
     async fn delete_tree(&self, prefix: &str) -> Result<()> {
         let prefix = self.prefix(prefix)?;
-        let f = self.driver.delete_tree(&prefix);
-        self.call("delete_tree", &prefix, self.timeout(), f).await
+        let f = self.driver.delete_tree(prefix);
+        self.call("delete_tree", prefix, self.timeout(), f).await
     }
 
     async fn atomic_put(
@@ -259,21 +259,21 @@ impl<D: Driver> Store for Checked<D> {
     ) -> Result<KvPair> {
         let key = self.key(key)?;
         if let Some(p) = previous {
-            check_previous(&key, p)?;
+            check_previous(key, p)?;
         }
-        self.value(&key, value)?;
+        self.value(key, value)?;
         self.caps().check_ttl(options.ttl, self.backend())?;
         let f = self
             .driver
-            .atomic_put(&key, value, previous.map(|p| p.version), options.ttl);
-        self.call("atomic_put", &key, self.timeout(), f).await
+            .atomic_put(key, value, previous.map(|p| p.version), options.ttl);
+        self.call("atomic_put", key, self.timeout(), f).await
     }
 
     async fn atomic_delete(&self, key: &str, previous: &KvPair) -> Result<()> {
         let key = self.key(key)?;
-        check_previous(&key, previous)?;
-        let f = self.driver.atomic_delete(&key, previous.version);
-        self.call("atomic_delete", &key, self.timeout(), f).await
+        check_previous(key, previous)?;
+        let f = self.driver.atomic_delete(key, previous.version);
+        self.call("atomic_delete", key, self.timeout(), f).await
     }
 
     async fn txn(&self, txn: Txn) -> Result<Vec<TxnResult>> {
