@@ -54,9 +54,10 @@ pub fn rounds() -> usize {
 /// for one task; `KV_BENCH_PAR_N` (default 4 × that) for more, rounded down to a whole number
 /// per task (concurrent runs go several times faster, and runs of a few tens of milliseconds
 /// measure the start and end of the 64 tasks more than the client). The default keeps a
-/// ZooKeeper new-key row under 100,000 keys (41 rounds of 1,984), the number of znodes a
-/// kv-zookeeper store remembers: above it, the deletes that follow measure a store that has
-/// forgotten them (read before delete; 2.23 requests per delete in a run of 162,688 keys).
+/// ZooKeeper new-key row under 100,000 keys (41 rounds of 1,984): a kv-zookeeper store
+/// remembers the paths it used in two generations of 50,000, so a longer row's deletes would
+/// measure paths it has forgotten (read before delete: 2.23 requests per delete in a run of
+/// 162,688 keys, with the single table of 2026-12-01).
 pub fn ops_per_run(n: usize, tasks: usize) -> usize {
     let n = env_usize("KV_BENCH_N", n);
     if tasks == 1 {
@@ -208,15 +209,6 @@ where
     .await
 }
 
-/// The samples of [`alternate`]: one kv and one raw per round.
-#[derive(Clone, Debug, Default)]
-pub struct Rounds {
-    /// kv's samples, in round order.
-    pub kv: Vec<Sample>,
-    /// raw's samples, in round order.
-    pub raw: Vec<Sample>,
-}
-
 /// The one side [`alternate`] runs when `KV_BENCH_SIDE` is `kv` or `raw` (for a profiler or
 /// `callgrind`; the other side's figures then print as `–`); `None` runs both.
 fn only_side() -> Option<Side> {
@@ -225,6 +217,12 @@ fn only_side() -> Option<Side> {
         Ok("raw") => Some(Side::Raw),
         _ => None,
     }
+}
+
+/// True when `KV_BENCH_SIDE=raw-raw`: [`alternate`] runs the raw client in both slots (an A/A
+/// calibration: every ratio then measures the method's noise, since the true one is 1).
+pub fn raw_against_raw() -> bool {
+    std::env::var("KV_BENCH_SIDE").as_deref() == Ok("raw-raw")
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -236,8 +234,25 @@ enum Side {
 /// Runs `rounds` rounds of one `kv()` and one `raw()` run each: kv first in even rounds, raw
 /// first in odd ones, so drift in machine load hits both sides alike. With
 /// `KV_BENCH_ROUNDS_LOG` set, each round's rates go to stderr; with `KV_BENCH_SIDE` set to
-/// `kv` or `raw`, only that side runs.
-pub async fn alternate<K, KFut, R, RFut>(rounds: usize, mut kv: K, mut raw: R) -> Rounds
+/// `kv` or `raw`, only that side runs; with `raw-raw`, `raw()` runs in kv's slot too
+/// ([`raw_against_raw`]).
+pub async fn alternate<K, KFut, R, RFut>(rounds: usize, kv: K, raw: R) -> Rounds
+where
+    K: FnMut() -> KFut,
+    KFut: Future<Output = Sample>,
+    R: FnMut() -> RFut,
+    RFut: Future<Output = Sample>,
+{
+    if raw_against_raw() {
+        let raw = std::cell::RefCell::new(raw);
+        let run = || (raw.borrow_mut())();
+        return in_rounds(rounds, run, run).await;
+    }
+    in_rounds(rounds, kv, raw).await
+}
+
+/// [`alternate`]'s rounds of `kv()` and `raw()`.
+async fn in_rounds<K, KFut, R, RFut>(rounds: usize, mut kv: K, mut raw: R) -> Rounds
 where
     K: FnMut() -> KFut,
     KFut: Future<Output = Sample>,
@@ -276,65 +291,11 @@ where
     out
 }
 
-impl Rounds {
-    /// The best round's rate of each side: `(kv, raw)` ops/s.
-    pub fn best_rates(&self) -> (f64, f64) {
-        let best = |s: &[Sample]| {
-            s.iter()
-                .map(Sample::rate)
-                .fold(f64::NAN, |a, b| if a >= b { a } else { b })
-        };
-        (best(&self.kv), best(&self.raw))
-    }
-
-    /// Each side's rate over all its rounds taken as one run of equal-length parts (rounds
-    /// divided by the sum of per-round seconds per operation): `(kv, raw)` ops/s.
-    pub fn overall_rates(&self) -> (f64, f64) {
-        let overall = |s: &[Sample]| s.len() as f64 / s.iter().map(|x| 1.0 / x.rate()).sum::<f64>();
-        (overall(&self.kv), overall(&self.raw))
-    }
-
-    /// The median over rounds of kv's rate ÷ raw's rate (the upper one of an even count;
-    /// `NaN` when a side did not run).
-    pub fn median_ratio(&self) -> f64 {
-        if self.kv.is_empty() || self.raw.is_empty() {
-            return f64::NAN;
-        }
-        let mut ratios: Vec<f64> = self
-            .kv
-            .iter()
-            .zip(&self.raw)
-            .map(|(k, w)| k.rate() / w.rate())
-            .collect();
-        ratios.sort_by(|a, b| a.total_cmp(b));
-        ratios[ratios.len() / 2]
-    }
-
-    /// Requests the server counted per operation over all rounds of each side (`NaN` when a
-    /// side was not [`counted`]): `(kv, raw)`.
-    pub fn requests_per_op(&self) -> (f64, f64) {
-        let per_op = |s: &[Sample]| {
-            let requests: Option<u64> = s.iter().map(|x| x.requests).sum();
-            let ops: usize = s.iter().map(|x| x.ops).sum();
-            requests.map_or(f64::NAN, |r| r as f64 / ops as f64)
-        };
-        (per_op(&self.kv), per_op(&self.raw))
-    }
-
-    /// Process CPU time per operation over all rounds of each side: `(kv, raw)` µs/op.
-    pub fn cpu_us_per_op(&self) -> (f64, f64) {
-        let per_op = |s: &[Sample]| {
-            let cpu: Duration = s.iter().map(|x| x.cpu).sum();
-            let ops: usize = s.iter().map(|x| x.ops).sum();
-            cpu.as_secs_f64() * 1e6 / ops as f64
-        };
-        (per_op(&self.kv), per_op(&self.raw))
-    }
-}
-
 mod report;
+mod stats;
 
 pub use report::{Layout, Report};
+pub use stats::Rounds;
 
 #[cfg(test)]
 mod tests {
@@ -362,6 +323,7 @@ mod tests {
         assert!((raw - 3.0 / 0.002).abs() < 1e-6, "{raw}");
         // Per-round ratios 0.5, 1.0, 0.5 -> median 0.5.
         assert_eq!(r.median_ratio(), 0.5);
+        assert_eq!(r.ratios(), [0.5, 1.0, 0.5]);
         // kv: 175 ms CPU over 300 ops.
         let (kv_cpu, raw_cpu) = r.cpu_us_per_op();
         assert!((kv_cpu - 175_000.0 / 300.0).abs() < 1e-6, "{kv_cpu}");
@@ -489,5 +451,6 @@ mod tests {
             *order.lock().unwrap(),
             ["kv", "raw", "raw", "kv", "kv", "raw"]
         );
+        assert!(!raw_against_raw(), "KV_BENCH_SIDE is not set in tests");
     }
 }

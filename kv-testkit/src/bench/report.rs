@@ -127,8 +127,15 @@ impl Report {
         }
     }
 
-    /// Prints [`Report::header`].
+    /// Prints [`Report::header`], after a line saying so when both sides are the raw client
+    /// ([`raw_against_raw`](super::raw_against_raw)).
     pub fn print_header(&self) {
+        if super::raw_against_raw() {
+            println!(
+                "KV_BENCH_SIDE=raw-raw: the raw client on both sides (A/A calibration); \
+                 the kv columns are its first slot, every ratio's true value is 1"
+            );
+        }
         println!("{}", self.header());
     }
 
