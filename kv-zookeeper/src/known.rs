@@ -16,9 +16,48 @@ use std::sync::Mutex;
 
 use zookeeper_client::Stat;
 
-/// Most paths a store remembers; the table is cleared when full (then the first put of a path
-/// costs a `create` attempt again).
+/// Most paths a store remembers: two generations of up to half of it each. When the young one
+/// is full, the old one is dropped and the young one becomes old, so what was forgotten is what
+/// was not used during the last 50,000 paths' worth of writes and reads (the next put of such a
+/// path costs what a first one does; a delete reads first).
 const KNOWN_MAX: usize = 100_000;
+
+type Table = HashMap<String, Known, RandomState>;
+
+/// The two generations: paths used lately, and those used before; a path found in `old` moves
+/// to `young`.
+#[derive(Default)]
+struct Generations {
+    young: Table,
+    old: Table,
+}
+
+impl Generations {
+    /// Moves `path`'s entry (if any) into `young` and returns it for an update there; the
+    /// dropped old generation, if that filled `young`, is returned too so that it is freed
+    /// outside the lock.
+    fn young_entry(&mut self, path: &str) -> (Option<&mut Known>, Option<Table>) {
+        let mut dropped = None;
+        if !self.young.contains_key(path) {
+            let Some(k) = self.old.remove(path) else {
+                return (None, None);
+            };
+            dropped = self.make_room();
+            self.young.insert(path.to_string(), k);
+        }
+        (self.young.get_mut(path), dropped)
+    }
+
+    /// Makes room for one more path in `young`: when it is full it becomes `old`, and the old
+    /// one is returned to be dropped.
+    fn make_room(&mut self) -> Option<Table> {
+        if self.young.len() < KNOWN_MAX / 2 {
+            return None;
+        }
+        let young = std::mem::take(&mut self.young);
+        Some(std::mem::replace(&mut self.old, young))
+    }
+}
 
 /// Bound of the first-put score: how many first puts in a row it takes to switch back.
 const SCORE_MAX: i32 = 3;
@@ -39,14 +78,14 @@ pub(crate) struct Known {
 /// The table of [`Known`] znodes by path, and the score of what first puts found.
 #[derive(Default)]
 pub(crate) struct KnownNodes {
-    types: Mutex<HashMap<String, Known, RandomState>>,
+    types: Mutex<Generations>,
     /// How often puts of paths missing from `types` found a znode there lately: above 0,
     /// such a put reads and writes first instead of creating first.
     unknown_existed: AtomicI32,
 }
 
 impl KnownNodes {
-    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Known, RandomState>> {
+    fn table(&self) -> std::sync::MutexGuard<'_, Generations> {
         self.types.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -59,17 +98,23 @@ impl KnownNodes {
             version: stat.version,
             mzxid: stat.mzxid,
         };
-        let mut t = self.table();
-        if let Some(old) = t.get_mut(path) {
-            if (k.czxid, k.mzxid) >= (old.czxid, old.mzxid) {
-                *old = k;
+        let dropped = {
+            let mut t = self.table();
+            let (entry, mut dropped) = t.young_entry(path);
+            match entry {
+                Some(old) => {
+                    if (k.czxid, k.mzxid) >= (old.czxid, old.mzxid) {
+                        *old = k;
+                    }
+                }
+                None => {
+                    dropped = t.make_room();
+                    t.young.insert(path.to_string(), k);
+                }
             }
-            return;
-        }
-        if t.len() >= KNOWN_MAX {
-            t.clear();
-        }
-        t.insert(path.to_string(), k);
+            dropped
+        };
+        drop(dropped);
     }
 
     /// Records a read of a key's znode when its type is certain (no children, not ephemeral:
@@ -95,17 +140,85 @@ impl KnownNodes {
         self.unknown_existed.load(Ordering::Relaxed) > 0
     }
 
+    /// What is known of `path` (which then counts as used lately).
     pub fn get(&self, path: &str) -> Option<Known> {
-        self.table().get(path).copied()
+        let (known, dropped) = {
+            let mut t = self.table();
+            let (entry, dropped) = t.young_entry(path);
+            (entry.copied(), dropped)
+        };
+        drop(dropped);
+        known
     }
 
     pub fn forget(&self, path: &str) {
-        self.table().remove(path);
+        let mut t = self.table();
+        t.young.remove(path);
+        t.old.remove(path);
     }
 
     /// Forgets every path below `root` (after `delete_tree`).
     pub fn forget_below(&self, root: &str) {
         let below = format!("{}/", root.trim_end_matches('/'));
-        self.table().retain(|p, _| !p.starts_with(&below));
+        let mut t = self.table();
+        t.young.retain(|p, _| !p.starts_with(&below));
+        t.old.retain(|p, _| !p.starts_with(&below));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stat(czxid: i64, mzxid: i64) -> Stat {
+        Stat {
+            czxid,
+            mzxid,
+            pzxid: 0,
+            ctime: 0,
+            mtime: 0,
+            version: 0,
+            cversion: 0,
+            aversion: 0,
+            ephemeral_owner: 0,
+            data_length: 0,
+            num_children: 0,
+        }
+    }
+
+    #[test]
+    fn a_full_table_forgets_only_what_was_not_used_lately() {
+        let known = KnownNodes::default();
+        known.remember("hot", &stat(1, 1), None);
+        // Three generations' worth of other paths; "hot" is read in between.
+        for i in 0..(3 * KNOWN_MAX / 2) {
+            known.remember(&format!("p{i}"), &stat(i as i64 + 2, i as i64 + 2), None);
+            if i % 10_000 == 0 {
+                assert!(known.get("hot").is_some(), "hot forgotten at {i}");
+            }
+        }
+        let t = known.table();
+        assert!(t.young.len() <= KNOWN_MAX / 2 && t.old.len() <= KNOWN_MAX / 2);
+        drop(t);
+        assert!(known.get("hot").is_some());
+        // The last 50,000 paths are all known; the first ones are forgotten.
+        let n = 3 * KNOWN_MAX / 2;
+        assert!((n - KNOWN_MAX / 2..n).all(|i| known.get(&format!("p{i}")).is_some()));
+        assert!(known.get("p0").is_none());
+    }
+
+    #[test]
+    fn an_older_reply_does_not_replace_a_newer_one_in_either_generation() {
+        let known = KnownNodes::default();
+        known.remember("k", &stat(5, 9), None);
+        // Push "k" into the old generation.
+        for i in 0..KNOWN_MAX / 2 {
+            known.remember(&format!("p{i}"), &stat(1, 1), None);
+        }
+        assert!(known.table().old.contains_key("k"));
+        known.remember("k", &stat(5, 7), None);
+        assert_eq!(known.get("k").map(|k| k.mzxid), Some(9));
+        known.forget("k");
+        assert_eq!(known.get("k"), None);
     }
 }
