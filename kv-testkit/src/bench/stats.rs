@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::Sample;
 
-/// The samples of [`alternate`]: one kv and one raw per round.
+/// The samples of [`alternate`](super::alternate): one kv and one raw per round.
 #[derive(Clone, Debug, Default)]
 pub struct Rounds {
     /// kv's samples, in round order.
@@ -47,7 +47,7 @@ impl Rounds {
     }
 
     /// Requests the server counted per operation over all rounds of each side (`NaN` when a
-    /// side was not [`counted`]): `(kv, raw)`.
+    /// side was not [`counted`](super::counted)): `(kv, raw)`.
     pub fn requests_per_op(&self) -> (f64, f64) {
         let per_op = |s: &[Sample]| {
             let requests: Option<u64> = s.iter().map(|x| x.requests).sum();
