@@ -167,24 +167,30 @@ pub fn unescape_path(path: &str) -> String {
     String::from_utf8(out).unwrap_or_else(|_| path.to_string())
 }
 
+/// A `Stat` of a permanent znode with these zxids, created and modified at `mtime`, the rest 0.
+#[cfg(test)]
+pub(crate) fn test_stat(czxid: i64, mzxid: i64, mtime: i64) -> Stat {
+    Stat {
+        czxid,
+        mzxid,
+        pzxid: mzxid,
+        ctime: mtime,
+        mtime,
+        version: 0,
+        cversion: 0,
+        aversion: 0,
+        ephemeral_owner: 0,
+        data_length: 0,
+        num_children: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn stat(mtime: i64) -> Stat {
-        Stat {
-            czxid: 1,
-            mzxid: 1,
-            pzxid: 1,
-            ctime: mtime,
-            mtime,
-            version: 0,
-            cversion: 0,
-            aversion: 0,
-            ephemeral_owner: 0,
-            data_length: 0,
-            num_children: 0,
-        }
+        test_stat(1, 1, mtime)
     }
 
     #[test]

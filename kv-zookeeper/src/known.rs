@@ -171,19 +171,7 @@ mod tests {
     use super::*;
 
     fn stat(czxid: i64, mzxid: i64) -> Stat {
-        Stat {
-            czxid,
-            mzxid,
-            pzxid: 0,
-            ctime: 0,
-            mtime: 0,
-            version: 0,
-            cversion: 0,
-            aversion: 0,
-            ephemeral_owner: 0,
-            data_length: 0,
-            num_children: 0,
-        }
+        crate::codec::test_stat(czxid, mzxid, 0)
     }
 
     #[test]
