@@ -33,23 +33,8 @@ struct Generations {
 }
 
 impl Generations {
-    /// Moves `path`'s entry (if any) into `young` and returns it for an update there; the
-    /// dropped old generation, if that filled `young`, is returned too so that it is freed
-    /// outside the lock.
-    fn young_entry(&mut self, path: &str) -> (Option<&mut Known>, Option<Table>) {
-        let mut dropped = None;
-        if !self.young.contains_key(path) {
-            let Some(k) = self.old.remove(path) else {
-                return (None, None);
-            };
-            dropped = self.make_room();
-            self.young.insert(path.to_string(), k);
-        }
-        (self.young.get_mut(path), dropped)
-    }
-
     /// Makes room for one more path in `young`: when it is full it becomes `old`, and the old
-    /// one is returned to be dropped.
+    /// one is returned, to be dropped once the lock is released.
     fn make_room(&mut self) -> Option<Table> {
         if self.young.len() < KNOWN_MAX / 2 {
             return None;
@@ -98,22 +83,22 @@ impl KnownNodes {
             version: stat.version,
             mzxid: stat.mzxid,
         };
-        let dropped = {
-            let mut t = self.table();
-            let (entry, mut dropped) = t.young_entry(path);
-            match entry {
-                Some(old) => {
-                    if (k.czxid, k.mzxid) >= (old.czxid, old.mzxid) {
-                        *old = k;
-                    }
-                }
-                None => {
-                    dropped = t.make_room();
-                    t.young.insert(path.to_string(), k);
-                }
+        let newer = |old: &Known| (k.czxid, k.mzxid) >= (old.czxid, old.mzxid);
+        let mut t = self.table();
+        if let Some(old) = t.young.get_mut(path) {
+            if newer(old) {
+                *old = k;
             }
-            dropped
+            return;
+        }
+        // Not used lately: from the old generation (keeping its name) or new.
+        let (name, entry) = match t.old.remove_entry(path) {
+            Some((name, old)) => (name, if newer(&old) { k } else { old }),
+            None => (path.to_string(), k),
         };
+        let dropped = t.make_room();
+        t.young.insert(name, entry);
+        drop(t);
         drop(dropped);
     }
 
@@ -142,13 +127,16 @@ impl KnownNodes {
 
     /// What is known of `path` (which then counts as used lately).
     pub fn get(&self, path: &str) -> Option<Known> {
-        let (known, dropped) = {
-            let mut t = self.table();
-            let (entry, dropped) = t.young_entry(path);
-            (entry.copied(), dropped)
-        };
+        let mut t = self.table();
+        if let Some(k) = t.young.get(path) {
+            return Some(*k);
+        }
+        let (name, k) = t.old.remove_entry(path)?;
+        let dropped = t.make_room();
+        t.young.insert(name, k);
+        drop(t);
         drop(dropped);
-        known
+        Some(k)
     }
 
     pub fn forget(&self, path: &str) {
