@@ -305,9 +305,11 @@ where
 
 mod report;
 mod stats;
+mod turns;
 
 pub use report::{Layout, Report};
 pub use stats::Rounds;
+pub use turns::{sessions, Turns};
 
 #[cfg(test)]
 mod tests {

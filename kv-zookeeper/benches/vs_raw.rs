@@ -7,7 +7,7 @@
 //! new-key row: it deletes the keys that one created).
 //!
 //! Workloads, 100-byte values, sequential and with 64 concurrent tasks (one session shared by
-//! all tasks on each side): put of a **new** key (raw: `create`), put over an existing key
+//! all tasks of a run): put of a **new** key (raw: `create`), put over an existing key
 //! (raw: `setData`), get and delete of a key the new-key rows created (raw: `delete`). Gets
 //! compare like with like: **get (linearizable)** is kv's default get (a quorum barrier, a
 //! `multi` of one `check` of `/`, pipelined with the `getData`) against the raw client sending
@@ -19,6 +19,11 @@
 //! the server counted them (`mntr` `zk_packets_received` read before and after every run), so a
 //! change in round trips shows whatever the machine's noise.
 //!
+//! Each side has `KV_BENCH_SESSIONS` connections (default 8; on the kv side a store of each
+//! kind per connection), and each run uses the next one in turn (`kv_testkit::bench::Turns`):
+//! two sessions of the same raw client in one process differed by up to 9 % for the life of the
+//! process, so one session per side would measure which side drew the faster one.
+//!
 //! kv sets `TCP_NODELAY` on its sessions' sockets (zookeeper-client leaves Nagle on); the bench
 //! sets it on the raw client's socket too, so both sides send alike: with Nagle, whether a
 //! barrier and its read leave in one segment varied per connection, and the ratio of equal
@@ -28,7 +33,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use kv_core::{Consistency, PutOptions, Store};
-use kv_testkit::bench::{self, Report, Sample};
+use kv_testkit::bench::{self, Report, Sample, Turns};
 use kv_zookeeper::{ReadBarrier, ZkConfig, ZkStore};
 use zookeeper_client::{Acls, Client, CreateMode};
 
@@ -53,39 +58,78 @@ enum Op {
 }
 
 /// The key of operation `i` of task `t`: new keys and deletes walk one sequence of fresh
-/// keys per side (deletes consume them in creation order), the others reuse 100 keys
-/// (sequential) or one per task.
+/// keys per connection (deletes consume them in creation order, on the connection that
+/// created them), the others reuse 100 keys (sequential) or one per task.
 struct Keys {
+    /// The connection's number, in the new keys' names.
+    conn: usize,
     created: AtomicUsize,
     deleted: AtomicUsize,
 }
 
 impl Keys {
+    fn new(conn: usize) -> Arc<Keys> {
+        Arc::new(Keys {
+            conn,
+            created: AtomicUsize::new(0),
+            deleted: AtomicUsize::new(0),
+        })
+    }
+
     fn next(&self, op: Op, t: usize, i: usize, tasks: usize) -> String {
+        let fresh =
+            |n: &AtomicUsize| format!("new/c{}k{}", self.conn, n.fetch_add(1, Ordering::Relaxed));
         match op {
-            Op::PutNew => format!("new/k{}", self.created.fetch_add(1, Ordering::Relaxed)),
-            Op::Delete => format!("new/k{}", self.deleted.fetch_add(1, Ordering::Relaxed)),
+            Op::PutNew => fresh(&self.created),
+            Op::Delete => fresh(&self.deleted),
             _ if tasks == 1 => format!("old/k{}", i % 100),
             _ => format!("old/k{t}"),
         }
     }
 }
 
-/// The kv stores of the bench, on the same server and namespace: kv's default (linearizable,
-/// quorum barrier), `read_barrier=sync`, and `consistency=stale`.
+/// One connection of the kv side: three stores on the same server and namespace, kv's
+/// default (linearizable, quorum barrier), `read_barrier=sync`, and `consistency=stale`, and
+/// the keys of its new-key and delete rows.
 struct Stores {
     linearizable: Arc<ZkStore>,
     sync: Arc<ZkStore>,
     stale: Arc<ZkStore>,
+    keys: Arc<Keys>,
 }
 
-async fn kv_run(st: &Stores, keys: &Arc<Keys>, op: Op, n: usize, tasks: usize) -> Sample {
+impl Stores {
+    async fn connect(ep: &str, conn: usize) -> Stores {
+        let open = |cfg: ZkConfig| async move { Arc::new(ZkStore::connect(cfg).await.unwrap()) };
+        let cfg = || ZkConfig::new([ep]).with_namespace("/bench-kv");
+        Stores {
+            linearizable: open(cfg()).await,
+            sync: open(cfg().with_read_barrier(ReadBarrier::Sync)).await,
+            stale: open(cfg().with_consistency(Consistency::Stale)).await,
+            keys: Keys::new(conn),
+        }
+    }
+
+    async fn close(&self) {
+        self.stale.close().await.unwrap();
+        self.sync.close().await.unwrap();
+        self.linearizable.close().await.unwrap();
+    }
+}
+
+/// One connection of the raw side: a zookeeper-client session and its new keys.
+struct Raw {
+    client: Client,
+    keys: Arc<Keys>,
+}
+
+async fn kv_run(st: &Stores, op: Op, n: usize, tasks: usize) -> Sample {
     let s = match op {
         Op::GetStale => st.stale.clone(),
         Op::GetSync => st.sync.clone(),
         _ => st.linearizable.clone(),
     };
-    let keys = keys.clone();
+    let keys = st.keys.clone();
     bench::par(n, tasks, move |t, i| {
         let key = keys.next(op, t, i, tasks);
         let s = s.clone();
@@ -104,8 +148,8 @@ async fn kv_run(st: &Stores, keys: &Arc<Keys>, op: Op, n: usize, tasks: usize) -
     .await
 }
 
-async fn raw_run(c: &Client, keys: &Arc<Keys>, op: Op, n: usize, tasks: usize) -> Sample {
-    let (c, keys) = (c.clone(), keys.clone());
+async fn raw_run(raw: &Raw, op: Op, n: usize, tasks: usize) -> Sample {
+    let (c, keys) = (raw.client.clone(), raw.keys.clone());
     let opts = Arc::new(CreateMode::Persistent.with_acls(Acls::anyone_all()));
     bench::par(n, tasks, move |t, i| {
         let path = format!("/bench-raw/{}", keys.next(op, t, i, tasks));
@@ -162,33 +206,19 @@ async fn main() {
         eprintln!("zookeeper not installed; benchmark not run");
         return;
     };
-    let store = Arc::new(
-        ZkStore::connect(ZkConfig::new([&ep]).with_namespace("/bench-kv"))
-            .await
-            .unwrap(),
-    );
-    let stores = Stores {
-        linearizable: store.clone(),
-        sync: Arc::new(
-            ZkStore::connect(
-                ZkConfig::new([&ep])
-                    .with_namespace("/bench-kv")
-                    .with_read_barrier(ReadBarrier::Sync),
-            )
-            .await
-            .unwrap(),
-        ),
-        stale: Arc::new(
-            ZkStore::connect(
-                ZkConfig::new([&ep])
-                    .with_namespace("/bench-kv")
-                    .with_consistency(Consistency::Stale),
-            )
-            .await
-            .unwrap(),
-        ),
-    };
-    let raw = Client::connect(&ep).await.unwrap();
+    // Several connections per side, used in turn from run to run (see `kv_testkit::bench::
+    // Turns`): on this VM one session is faster than another for the process's life whatever
+    // drives it, so one connection per side would measure which side drew the faster one.
+    let conns = bench::sessions();
+    let mut kv = Vec::new();
+    let mut raw = Vec::new();
+    for c in 0..conns {
+        kv.push(Stores::connect(&ep, c).await);
+        raw.push(Raw {
+            client: Client::connect(&ep).await.unwrap(),
+            keys: Keys::new(c),
+        });
+    }
     // kv turns Nagle's algorithm off on its sessions' sockets; the raw client gets the same,
     // so both sides put the same segments on the wire (`KV_BENCH_RAW_NAGLE` set: the raw
     // client as zookeeper-client leaves it, Nagle on).
@@ -197,46 +227,45 @@ async fn main() {
         kv_zookeeper::set_nodelay_to(&peers).unwrap();
     }
     let opts = CreateMode::Persistent.with_acls(Acls::anyone_all());
-    raw.mkdir("/bench-raw/old", &opts).await.unwrap();
-    raw.mkdir("/bench-raw/new", &opts).await.unwrap();
-    let (kv_keys, raw_keys) = (
-        Arc::new(Keys {
-            created: AtomicUsize::new(0),
-            deleted: AtomicUsize::new(0),
-        }),
-        Arc::new(Keys {
-            created: AtomicUsize::new(0),
-            deleted: AtomicUsize::new(0),
-        }),
-    );
-    // The keys overwrites and gets use, then a warm-up of both paths (the first new key
+    let first = &raw[0].client;
+    first.mkdir("/bench-raw/old", &opts).await.unwrap();
+    first.mkdir("/bench-raw/new", &opts).await.unwrap();
+    // The keys overwrites and gets use (written once by each side, then read by every kv
+    // store, so that each knows them), then a warm-up of every connection (the first new key
     // creates the parent `new` on the kv side: a once-only cost outside the measurements).
     for i in 0..100 {
-        let _ = raw
+        let _ = first
             .create(&format!("/bench-raw/old/k{i}"), &VALUE, &opts)
             .await;
         let key = format!("old/k{i}");
-        store
+        kv[0]
+            .linearizable
             .put(&key, &VALUE, PutOptions::default())
             .await
             .unwrap();
+        for st in &kv {
+            st.linearizable.get(&key).await.unwrap();
+        }
     }
-    for op in [
-        Op::PutNew,
-        Op::Delete,
-        Op::Overwrite,
-        Op::Get,
-        Op::GetSync,
-        Op::GetStale,
-    ] {
-        kv_run(&stores, &kv_keys, op, 200, 1).await;
-        raw_run(&raw, &raw_keys, op, 200, 1).await;
+    for (st, r) in kv.iter().zip(&raw) {
+        for op in [
+            Op::PutNew,
+            Op::Delete,
+            Op::Overwrite,
+            Op::Get,
+            Op::GetSync,
+            Op::GetStale,
+        ] {
+            kv_run(st, op, 200, 1).await;
+            raw_run(r, op, 200, 1).await;
+        }
     }
+    let (kv, raw) = (Turns::new(kv), Turns::new(raw));
 
     println!(
         "kv-zookeeper vs zookeeper-client, server {ep}: N = {n} ops per measurement ({} with \
-         {TASKS} tasks), {rounds} rounds, 100-byte values; requests/op from the server's mntr \
-         zk_packets_received",
+         {TASKS} tasks), {rounds} rounds, {conns} connections per side used in turn, 100-byte \
+         values; requests/op from the server's mntr zk_packets_received",
         bench::ops_per_run(500, TASKS)
     );
     let report = Report::best_of_rounds();
@@ -260,16 +289,18 @@ async fn main() {
             continue;
         }
         let m = bench::ops_per_run(500, tasks);
+        kv.restart();
+        raw.restart();
         let samples = bench::alternate(
             rounds,
-            || bench::counted(count, kv_run(&stores, &kv_keys, op, m, tasks)),
-            || bench::counted(count, raw_run(&raw, &raw_keys, op, m, tasks)),
+            || bench::counted(count, kv_run(kv.next(), op, m, tasks)),
+            || bench::counted(count, raw_run(raw.next(), op, m, tasks)),
         )
         .await;
         report.best_of_rounds_row(name, &samples);
     }
-    let _ = store.delete_tree("").await;
-    stores.stale.close().await.unwrap();
-    stores.sync.close().await.unwrap();
-    store.close().await.unwrap();
+    let _ = kv.all()[0].linearizable.delete_tree("").await;
+    for st in kv.all() {
+        st.close().await;
+    }
 }
