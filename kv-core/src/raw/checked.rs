@@ -127,7 +127,10 @@ impl<D: Driver> Checked<D> {
         check_value_size(key, value, self.caps().max_value_size, self.backend())
     }
 
-    /// Runs a driver call in the span, bounded by the timeout unless `bound` is `None`.
+    /// Runs a driver call in the span, bounded by the timeout unless `bound` is `None`. A
+    /// span no subscriber takes is left out: entering and leaving it on every poll was work
+    /// on every call for nothing (callgrind, ZooKeeper sequential overwrite: 282 instructions
+    /// per call in `Instrumented::poll`).
     async fn call<T>(
         &self,
         op: &'static str,
@@ -136,25 +139,33 @@ impl<D: Driver> Checked<D> {
         fut: impl Future<Output = Result<T>>,
     ) -> Result<T> {
         let span = tracing::debug_span!("kv", backend = self.backend(), op, key);
-        async move {
-            // The clock is read only when a subscriber may take the closing event.
-            let start = tracing::enabled!(tracing::Level::DEBUG).then(Instant::now);
-            let r = match bound {
-                Some(after) => timed(op, after, fut).await,
-                None => fut.await,
-            };
-            if let Some(start) = start {
-                tracing::debug!(outcome = outcome(&r), elapsed = ?start.elapsed(), "kv call");
-            }
-            r
+        if span.is_disabled() {
+            return run(op, bound, fut).await;
         }
-        .instrument(span)
-        .await
+        run(op, bound, fut).instrument(span).await
     }
 
     fn timeout(&self) -> Option<Duration> {
         Some(self.driver.info().timeout)
     }
+}
+
+/// A driver call, bounded by `bound`, with its closing debug event.
+async fn run<T>(
+    op: &'static str,
+    bound: Option<Duration>,
+    fut: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    // The clock is read only when a subscriber may take the closing event.
+    let start = tracing::enabled!(tracing::Level::DEBUG).then(Instant::now);
+    let r = match bound {
+        Some(after) => timed(op, after, fut).await,
+        None => fut.await,
+    };
+    if let Some(start) = start {
+        tracing::debug!(outcome = outcome(&r), elapsed = ?start.elapsed(), "kv call");
+    }
+    r
 }
 
 #[async_trait]
