@@ -230,6 +230,12 @@ async fn main() {
     let first = &raw[0].client;
     first.mkdir("/bench-raw/old", &opts).await.unwrap();
     first.mkdir("/bench-raw/new", &opts).await.unwrap();
+    // New keys left by an earlier run that stopped early or ran a new-key row without its
+    // delete row: they would make this run's creates fail (raw) or overwrite (kv).
+    for child in first.list_children("/bench-raw/new").await.unwrap() {
+        let _ = first.delete(&format!("/bench-raw/new/{child}"), None).await;
+    }
+    kv[0].linearizable.delete_tree("new").await.unwrap();
     // The keys overwrites and gets use (written once by each side, then read by every kv
     // store, so that each knows them), then a warm-up of every connection (the first new key
     // creates the parent `new` on the kv side: a once-only cost outside the measurements).
