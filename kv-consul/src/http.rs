@@ -60,11 +60,39 @@ pub(crate) fn encode_path(base: &str, key: &str) -> String {
     out
 }
 
+/// Each agent's base URL, parsed.
+fn parse_bases(bases: &[String]) -> Result<Vec<reqwest::Url>> {
+    bases
+        .iter()
+        .map(|b| {
+            reqwest::Url::parse(b).map_err(|e| Error::config(format!("agent address {b:?}: {e}")))
+        })
+        .collect()
+}
+
+/// `base` with `path_and_query` (already percent-encoded, e.g. by [`encode_path`]) in place of
+/// its path and query: the URL that parsing `base` + `path_and_query` gives, parsing only the
+/// path and query.
+pub(crate) fn with_path(base: &reqwest::Url, path_and_query: &str) -> reqwest::Url {
+    let mut url = base.clone();
+    match path_and_query.split_once('?') {
+        Some((path, query)) => {
+            url.set_path(path);
+            url.set_query(Some(query));
+        }
+        None => url.set_path(path_and_query),
+    }
+    url
+}
+
 /// The client for a set of Consul agents.
 pub(crate) struct Http {
     client: reqwest::Client,
     /// `http://h:p` / `https://h:p`, no trailing slash.
     bases: Vec<String>,
+    /// `bases`, parsed once: a request URL is a clone with its path and query set, which skips
+    /// parsing the scheme and host (with its IDNA check) on every request.
+    urls: Vec<reqwest::Url>,
     current: AtomicUsize,
     /// `X-Consul-Token`, validated once (marked sensitive: never printed).
     token: Option<HeaderValue>,
@@ -92,8 +120,10 @@ impl Http {
                 Ok::<_, Error>(v)
             })
             .transpose()?;
+        let urls = parse_bases(&bases)?;
         Ok(Http {
             client,
+            urls,
             bases,
             current: AtomicUsize::new(0),
             token,
@@ -116,6 +146,7 @@ impl Http {
         Http {
             client: self.client.clone(),
             bases: self.bases.clone(),
+            urls: self.urls.clone(),
             current: AtomicUsize::new(0),
             token: self.token.clone(),
             timeout: self.timeout,
@@ -187,7 +218,7 @@ impl Http {
             let base = &self.bases[idx];
             let mut req = self
                 .client
-                .request(method.clone(), format!("{base}{path_and_query}"));
+                .request(method.clone(), with_path(&self.urls[idx], path_and_query));
             if let Some(t) = &self.token {
                 req = req.header(TOKEN_HEADER, t.clone());
             }
@@ -273,6 +304,36 @@ mod tests {
                 }
             }
             assert_eq!(encode_path("", w), want, "{w:?}");
+        }
+    }
+
+    #[test]
+    fn a_path_on_a_parsed_base_is_the_url_of_the_whole_string() {
+        let bases = [
+            "http://127.0.0.1:8500",
+            "https://[::1]:8501",
+            "http://agent.local",
+        ];
+        let paths = [
+            "/v1/kv/a/b%20c/%25%3F%23",
+            "/v1/kv/a?recurse&consistent&index=7&wait=16000ms",
+            "/v1/txn?stale",
+            "/v1/status/leader",
+            "/v1/kv/%C3%BCn%C3%AF?",
+            "/v1/kv/x?a=%3F?b",
+        ];
+        for b in bases {
+            let base = reqwest::Url::parse(b).unwrap();
+            for p in paths {
+                let whole = reqwest::Url::parse(&format!("{b}{p}")).unwrap();
+                assert_eq!(with_path(&base, p), whole, "{b} + {p}");
+            }
+        }
+        for w in ["", "a", "a/b c", "%", "é/€", "😀/-"] {
+            let p = encode_path("/v1/kv/", w);
+            let base = reqwest::Url::parse(bases[0]).unwrap();
+            let whole = reqwest::Url::parse(&format!("{}{p}", bases[0])).unwrap();
+            assert_eq!(with_path(&base, &p), whole, "{w:?}");
         }
     }
 
